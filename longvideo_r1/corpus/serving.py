@@ -1,0 +1,105 @@
+"""Serve a caption store from Ray actors, each owning a group of shards; a client routes by video id.
+
+Shard ``k`` belongs to actor ``k mod num_actors``. Actors are stateless beyond their caches (they
+read the immutable shard files), so Ray restarts a dead one and retries the call that failed.
+Errors caused by the request (unknown video, ids out of range) come back as values and are raised
+in the caller as :class:`InputError`, never as a Ray task failure.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from longvideo_r1.corpus.store import Caption, CaptionStore, VideoRecord, read_manifest, shard_of
+from longvideo_r1.errors import InputError
+
+
+class CaptionShardServer:
+    """The body of a serving actor: a :class:`CaptionStore` restricted to some shards."""
+
+    def __init__(self, root: str, shards: list[int], cache_size: int = 65536):
+        self.store = CaptionStore(root, shards=shards, cache_size=cache_size)
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self, video_id: str, ids) -> Caption | InputError:
+        try:
+            return self.store.get(video_id, ids)
+        except InputError as exc:
+            return exc
+
+    def get_many(self, queries: list[tuple[str, tuple[int, ...]]]) -> list[Caption | InputError]:
+        return [self.get(video_id, ids) for video_id, ids in queries]
+
+    def video(self, video_id: str) -> VideoRecord | InputError:
+        try:
+            return self.store.video(video_id)
+        except InputError as exc:
+            return exc
+
+    def memory(self) -> dict:
+        import psutil
+
+        return {"rss_bytes": psutil.Process().memory_info().rss, "cache_entries": len(self.store._cache),
+                "hits": self.store.hits, "misses": self.store.misses}
+
+
+def _unwrap(value):
+    if isinstance(value, InputError):
+        raise InputError(str(value))
+    return value
+
+
+class CaptionStoreClient:
+    """Start ``num_actors`` serving actors for a store and route lookups to them by video id."""
+
+    def __init__(self, root: str, num_actors: int = 2, cache_size: int = 65536, num_cpus: float = 0.5,
+                 name_prefix: str | None = None):
+        if not ray.is_initialized():
+            raise InputError("the caption store client needs Ray: call ray.init() (or run inside a Ray job)")
+        manifest = read_manifest(root)  # fail here, not inside the actors, on a bad store path
+        self.num_shards = manifest["num_shards"]
+        self.num_actors = max(1, min(num_actors, self.num_shards))
+        actor_cls = ray.remote(CaptionShardServer).options(
+            num_cpus=num_cpus, max_restarts=-1, max_task_retries=3)
+        self.actors = []
+        for a in range(self.num_actors):
+            shards = [k for k in range(self.num_shards) if k % self.num_actors == a]
+            options = {"name": f"{name_prefix}-{a}"} if name_prefix else {}
+            self.actors.append(actor_cls.options(**options).remote(str(root), shards, cache_size))
+        ray.get([actor.ready.remote() for actor in self.actors])
+
+    def actor_for(self, video_id: str):
+        return self.actors[shard_of(video_id, self.num_shards) % self.num_actors]
+
+    def get_async(self, video_id: str, ids) -> ray.ObjectRef:
+        return self.actor_for(video_id).get.remote(video_id, tuple(ids))
+
+    def get(self, video_id: str, ids) -> Caption:
+        return _unwrap(ray.get(self.get_async(video_id, ids)))
+
+    def video(self, video_id: str) -> VideoRecord:
+        return _unwrap(ray.get(self.actor_for(video_id).video.remote(video_id)))
+
+    def get_many(self, queries: list[tuple[str, tuple[int, ...]]]) -> list[Caption | InputError]:
+        """Look up many segments with one call per actor; errors are returned in place, not raised."""
+        groups: dict[int, list[int]] = {}
+        for i, (video_id, _) in enumerate(queries):
+            groups.setdefault(shard_of(video_id, self.num_shards) % self.num_actors, []).append(i)
+        refs = {a: self.actors[a].get_many.remote([(queries[i][0], tuple(queries[i][1])) for i in idx])
+                for a, idx in groups.items()}
+        out: list = [None] * len(queries)
+        for a, idx in groups.items():
+            for i, value in zip(idx, ray.get(refs[a])):
+                out[i] = InputError(str(value)) if isinstance(value, InputError) else value
+        return out
+
+    def memory(self) -> list[dict]:
+        return ray.get([actor.memory.remote() for actor in self.actors])
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+

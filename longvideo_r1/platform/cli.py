@@ -1,0 +1,174 @@
+"""The ``lvr1`` command line.
+
+Every subcommand maps onto one function of a lower room. Errors caused by input are printed as
+one line (``lvr1: error: …``) with exit status 2; nothing the user typed ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from longvideo_r1.errors import InputError
+
+
+def _cmd_corpus_demo(args) -> int:
+    from longvideo_r1.corpus.demo import generate_demo_corpus
+
+    summary = generate_demo_corpus(args.out, videos=args.videos, minutes=args.minutes, seed=args.seed)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _captioner_options(args) -> dict:
+    if args.captioner != "openai":
+        return {}
+    if not args.endpoint or not args.model:
+        raise InputError("--captioner openai needs --endpoint URL and --model NAME "
+                         "(e.g. --endpoint http://127.0.0.1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct)")
+    return {"endpoint": args.endpoint, "model": args.model, "concurrency": args.concurrency}
+
+
+def _cmd_captions_build(args) -> int:
+    from longvideo_r1.corpus.build import build_store
+
+    report = build_store(args.videos, args.out, args.captioner, _captioner_options(args), args.shards,
+                         args.workers)
+    for video_id, message in sorted(report.failed.items()):
+        print(f"lvr1: error: {message}", file=sys.stderr)
+    print(json.dumps({"store": args.out, "built": len(report.built), "skipped": len(report.skipped),
+                      "failed": sorted(report.failed), "seconds": round(report.seconds, 1)}))
+    return 1 if report.failed else 0
+
+
+def _cmd_captions_import(args) -> int:
+    from longvideo_r1.corpus.upstream import import_upstream
+
+    report = import_upstream(args.upstream_json, args.out, args.videos, args.shards)
+    for message in report["failed"].values():
+        print(f"lvr1: error: {message}", file=sys.stderr)
+    print(json.dumps({"store": args.out, "imported": len(report["imported"]), "skipped": len(report["skipped"]),
+                      "failed": sorted(report["failed"])}))
+    return 1 if report["failed"] else 0
+
+
+def _cmd_captions_export(args) -> int:
+    from longvideo_r1.corpus.store import CaptionStore
+    from longvideo_r1.corpus.upstream import export_upstream
+
+    text = json.dumps(export_upstream(CaptionStore(args.store), args.video_id), ensure_ascii=False)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        print(text)
+    return 0
+
+
+def _parse_ids(raw: list[str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in raw)
+    except ValueError:
+        raise InputError(f"segment ids {' '.join(raw)}: give 1 to 3 integers, e.g. `2 3` for (2, 3)") from None
+
+
+def _cmd_captions_get(args) -> int:
+    from longvideo_r1.corpus.store import CaptionStore
+
+    caption = CaptionStore(args.store).get(args.video_id, _parse_ids(args.ids))
+    print(json.dumps(caption.to_json(), ensure_ascii=False))
+    return 0
+
+
+def _cmd_captions_stats(args) -> int:
+    from longvideo_r1.corpus.store import CaptionStore
+
+    print(json.dumps(CaptionStore(args.store).stats(), indent=1))
+    return 0
+
+
+def _cmd_pipeline(args) -> int:
+    from longvideo_r1.platform.config import load_config
+    from longvideo_r1.platform.pipeline import run_pipeline
+
+    run_pipeline(load_config(args.config, args.set))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lvr1", description="LongVideo-R1 platform: long-video navigation "
+                                     "agents trained with RL on Ray, vLLM and DeepSpeed.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pipeline", help="run the main job (demo corpus -> caption store -> …) from a config")
+    p.add_argument("--config", help="YAML config (e.g. configs/demo-cpu.yaml); defaults if omitted")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set corpus.videos=2 (repeatable)")
+    p.set_defaults(func=_cmd_pipeline)
+
+    corpus = sub.add_parser("corpus", help="video corpora").add_subparsers(dest="corpus_command", required=True)
+    p = corpus.add_parser("demo", help="generate the embedded demo corpus (videos, subtitles, questions)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--videos", type=int, default=8, help="number of videos (default 8)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="about this many minutes per video (default: 20-60 minutes each)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.set_defaults(func=_cmd_corpus_demo)
+
+    captions = sub.add_parser("captions", help="caption trees and the caption store").add_subparsers(
+        dest="captions_command", required=True)
+    p = captions.add_parser("build", help="caption a folder of videos into a sharded store (resumable)")
+    p.add_argument("--videos", required=True, help="folder of video files (an .srt beside a video is used)")
+    p.add_argument("--out", required=True, help="store folder (created or extended)")
+    p.add_argument("--captioner", choices=["offline", "openai"], default="offline")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="model name at the endpoint")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight per video (openai)")
+    p.add_argument("--shards", type=int, default=None, help="number of shards of a new store (default 16)")
+    p.add_argument("--workers", type=int, default=1, help="videos captioned in parallel (default 1)")
+    p.set_defaults(func=_cmd_captions_build)
+
+    p = captions.add_parser("import", help="import reference one-JSON-per-video captions")
+    p.add_argument("--upstream-json", required=True, help="folder of {video_uid}.json files")
+    p.add_argument("--out", required=True, help="store folder (created or extended)")
+    p.add_argument("--videos", help="folder of the videos, for exact fps and frame counts (optional)")
+    p.add_argument("--shards", type=int, default=None)
+    p.set_defaults(func=_cmd_captions_import)
+
+    p = captions.add_parser("export", help="write one video's captions in the reference JSON format")
+    p.add_argument("store")
+    p.add_argument("video_id")
+    p.add_argument("--out", help="file to write (default: standard output)")
+    p.set_defaults(func=_cmd_captions_export)
+
+    p = captions.add_parser("get", help="print one caption as JSON: lvr1 captions get STORE VIDEO_ID H [M [L]]")
+    p.add_argument("store")
+    p.add_argument("video_id")
+    p.add_argument("ids", nargs="+", metavar="ID", help="1-based segment ids: H, or H M, or H M L")
+    p.set_defaults(func=_cmd_captions_get)
+
+    p = captions.add_parser("stats", help="counts per level and per shard")
+    p.add_argument("store")
+    p.set_defaults(func=_cmd_captions_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"lvr1: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lvr1: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
