@@ -1,6 +1,8 @@
 """A real OpenAI-compatible chat-completions server for tests, built on the standard library.
 
-    with ChatServer() as srv:
+    from tests.chat_server import ChatServer, Fault
+
+    with ChatServer(faults=[Fault(status=429, retry_after="1")]) as srv:
         client_endpoint = srv.base_url          # "http://127.0.0.1:PORT/v1"
         ...
         srv.requests[0].images                  # decoded frames of the first request

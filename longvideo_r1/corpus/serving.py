@@ -61,12 +61,12 @@ class CaptionStoreClient:
         manifest = read_manifest(root)  # fail here, not inside the actors, on a bad store path
         self.num_shards = manifest["num_shards"]
         self.num_actors = max(1, min(num_actors, self.num_shards))
-        actor_cls = ray.remote(CaptionShardServer).options(
-            num_cpus=num_cpus, max_restarts=-1, max_task_retries=3)
+        actor_cls = ray.remote(CaptionShardServer)
+        base = {"num_cpus": num_cpus, "max_restarts": -1, "max_task_retries": 3}
         self.actors = []
         for a in range(self.num_actors):
             shards = [k for k in range(self.num_shards) if k % self.num_actors == a]
-            options = {"name": f"{name_prefix}-{a}"} if name_prefix else {}
+            options = {**base, "name": f"{name_prefix}-{a}"} if name_prefix else base
             self.actors.append(actor_cls.options(**options).remote(str(root), shards, cache_size))
         ray.get([actor.ready.remote() for actor in self.actors])
 
