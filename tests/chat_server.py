@@ -244,13 +244,21 @@ class _Handler(BaseHTTPRequestHandler):
         request = ChatRequest(index=-1, path=self.path, headers=dict(self.headers.items()), payload=None,
                               started=time.monotonic())
         fault = owner._arrive(request)
+        self._counted = True
         try:
             request.status = self._answer(request, raw, fault)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (e.g. its timeout); nothing to answer
         finally:
             request.finished = time.monotonic()
-            owner._leave()
+            self._stop_counting()
+
+    def _stop_counting(self) -> None:
+        # A request stops being "in flight" before its response is written: once the client has the
+        # response it may send its next request, which must not overlap this one in the count.
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.server_owner._leave()
 
     # ------------------------------------------------------------------ one chat request
 
@@ -293,6 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send_bytes(status, json.dumps(data).encode(), headers)
 
     def _send_bytes(self, status: int, body: bytes, headers: dict | None = None) -> int:
+        self._stop_counting()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

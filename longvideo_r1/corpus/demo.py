@@ -116,9 +116,9 @@ class Scene:
     shapes: list[Shape] = field(default_factory=list)
 
     def description(self) -> str:
-        things = [f"a {s.colour} {s.kind}" for s in self.shapes]
+        things = [f"{_a(s.colour)} {s.colour} {s.kind}" for s in self.shapes]
         listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
-        return f"a {self.background} background and {listed}"
+        return f"{_a(self.background)} {self.background} background with {listed}"
 
 
 @dataclass
@@ -149,6 +149,10 @@ class Script:
     lines: list[Line]
     sign_cues: list[tuple[int, int]]    # (line index, sign index): the sign appears right after the line
     scene_cues: list[tuple[int, int]]   # (line index, scene index): that scene starts right after the line
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _overlaps(a: float, b: float, spans, gap: float) -> bool:
