@@ -422,8 +422,8 @@ class OfflineCaptioner:
         signs = _sign_events(looks, gap=3.0)
         if signs:
             when = _listing([f"{round(a)} s" for _, a, _ in signs[:6]])
-            sentences.append(f"Brief text signs appear {_count_word(len(signs))} "
-                             f"time{'s' if len(signs) > 1 else ''} (around {when}).")
+            times = {1: "once", 2: "twice"}.get(len(signs), f"{_count_word(len(signs))} times")
+            sentences.append(f"Brief text signs appear {times} (around {when}).")
         lines = _dialogue(request)
         if lines:
             sentences.append(f"Someone speaks {_count_word(len(lines))} short "
