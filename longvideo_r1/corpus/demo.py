@@ -91,7 +91,8 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "
 
 _FONT_PATHS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
                "/usr/share/fonts/dejavu/DejaVuSans-Bold.ttf")
-_SAMPLE_RATE = 22050
+_SAMPLE_RATE = 16000   # of the speech track; espeak-ng speaks at 22050 Hz and is resampled
+_ESPEAK_RATE = 22050
 
 
 # ---------------------------------------------------------------- the scene script
@@ -118,7 +119,8 @@ class Scene:
     def description(self) -> str:
         things = [f"{_a(s.colour)} {s.colour} {s.kind}" for s in self.shapes]
         listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
-        return f"{_a(self.background)} {self.background} background with {listed}"
+        verb = "moves" if len(things) == 1 else "move"
+        return f"{listed} {verb} over {_a(self.background)} {self.background} background"
 
 
 @dataclass
@@ -271,18 +273,18 @@ def make_script(video_id: str, duration: float, fps: int, size: tuple[int, int],
             continue
         if _overlaps(start, end, [(ln.start, ln.end) for ln in lines], 4.0):
             continue
-        sign = place_sign(word, sign_start)
-        if sign is None:
+        if place_sign(word, sign_start) is None:
             continue
-        place_line(text, start)
+        if place_line(text, start) is None:
+            signs.pop()
+            continue
         quiet.append((start - 2.0, end))
         line_texts.pop()
         texts.remove(word)
         sign_cues.append((len(lines) - 1, len(signs) - 1))
 
     # Dialogue lines that end just before a scene change.
-    boundaries = [s for s in scenes[1:]]
-    for scene in [boundaries[i] for i in rng.permutation(len(boundaries))]:
+    for scene in [scenes[1 + i] for i in rng.permutation(len(scenes) - 1)]:
         if len(scene_cues) >= n_cues or not line_texts:
             break
         text = line_texts[-1]
@@ -437,29 +439,45 @@ def _speak(text: str, seconds: float) -> np.ndarray | None:
             return None
         pcm = raw[data + 8:]
         samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
-        if len(samples) <= seconds * _SAMPLE_RATE:
+        if len(samples) <= seconds * _ESPEAK_RATE:
             break
-    samples = samples[: int(seconds * _SAMPLE_RATE)].copy()
+    from scipy.signal import resample_poly
+
+    samples = resample_poly(samples[: int(seconds * _ESPEAK_RATE)], 160, 221).astype(np.float32)
     fade = min(len(samples), 256)
     samples[len(samples) - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
     return samples
 
 
-def _dialogue_audio(script: Script) -> np.ndarray | None:
-    track = np.zeros(int(round(script.duration * _SAMPLE_RATE)), np.float32)
+@dataclass
+class Speech:
+    """The dialogue's audio as clips at sample offsets; the silence between them is never stored."""
+
+    length: int                                # samples in the whole track
+    clips: list[tuple[int, np.ndarray]]        # (offset, float32 samples), sorted, not overlapping
+
+    def chunk(self, start: int, stop: int) -> np.ndarray:
+        out = np.zeros(stop - start, np.float32)
+        for offset, clip in self.clips:
+            a, b = max(start, offset), min(stop, offset + len(clip))
+            if a < b:
+                out[a - start:b - start] = clip[a - offset:b - offset]
+        return out
+
+
+def _dialogue_audio(script: Script) -> Speech | None:
+    length = int(round(script.duration * _SAMPLE_RATE))
+    clips = []
     for line in script.lines:
         speech = _speak(line.text, line.end - line.start)
         if speech is None:
             return None
         at = int(line.start * _SAMPLE_RATE)
-        speech = speech[: len(track) - at]
-        track[at:at + len(speech)] += 0.8 * speech
-    return np.clip(track, -1, 1)
+        clips.append((at, np.clip(0.8 * speech[: length - at], -1, 1)))
+    return Speech(length, clips)
 
 
-# ---------------------------------------------------------------- encoding
-
-def encode_video(script: Script, path: Path, audio: np.ndarray | None = None) -> int:
+def encode_video(script: Script, path: Path, audio: Speech | None = None) -> int:
     """Write the script as an H.264 mp4 (keyframe every 2 s, one encoder thread: reproducible bytes)."""
     import av
 
@@ -476,22 +494,20 @@ def encode_video(script: Script, path: Path, audio: np.ndarray | None = None) ->
         sound = None
         if audio is not None:
             sound = container.add_stream("aac", rate=_SAMPLE_RATE, layout="mono")
-            sound.bit_rate = 32000
+            sound.bit_rate = 24000
         sent = count = 0
         for i, rgb in enumerate(render_frames(script)):
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)
             count += 1
-            if sound is not None:  # interleave the speech with the pictures, a second of samples at a time
-                upto = len(audio) if i == num_frames - 1 else min(len(audio), int((i + 1) / script.fps * _SAMPLE_RATE))
-                while sent < upto:
-                    chunk = audio[sent: min(upto, sent + _SAMPLE_RATE)]
-                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[None, :]), format="fltp",
-                                                       layout="mono")
+            if sound is not None:  # interleave the speech with the pictures, frame by frame
+                upto = audio.length if i == num_frames - 1 else min(audio.length, int((i + 1) / script.fps * _SAMPLE_RATE))
+                if upto > sent:
+                    frame = av.AudioFrame.from_ndarray(audio.chunk(sent, upto)[None, :], format="fltp", layout="mono")
                     frame.sample_rate, frame.pts = _SAMPLE_RATE, sent
                     for packet in sound.encode(frame):
                         container.mux(packet)
-                    sent += len(chunk)
+                    sent = upto
         for packet in stream.encode():
             container.mux(packet)
         if sound is not None:
@@ -546,11 +562,11 @@ def _text_detail(rng, script: Script, sign: Sign) -> dict:
     others = _signs_in(script, scene)
     kind = "number is shown" if sign.is_number else "word is written"
     if len(others) == 1:
-        q = (f"During the scene with {scene.description()}, a sign appears briefly. "
+        q = (f"During the scene where {scene.description()}, a sign appears briefly. "
              f"What {kind} on it?")
     else:
         ordinal = ORDINALS[others.index(sign)] if others.index(sign) < len(ORDINALS) else "last"
-        q = (f"During the scene with {scene.description()}, {len(others)} signs appear briefly one after "
+        q = (f"During the scene where {scene.description()}, {len(others)} signs appear briefly one after "
              f"another. What {kind} on the {ordinal} of them?")
     return {"task_type": "text_detail", "question": q, "answer": sign.text,
             "distractors": _text_distractors(rng, script, sign.text),
@@ -587,6 +603,8 @@ def _event_order(rng, script: Script, used_signs: set[int]) -> dict | None:
         if scene.index > 0:
             events.append((scene.start, f"the first {colour} background",
                            [max(0.0, scene.start - 1.0), min(script.duration, scene.start + 3.0)], ("scene", scene.index)))
+    if len(events) < 3:
+        return None
     for _ in range(100):
         chosen = [events[i] for i in sorted(rng.choice(len(events), size=3, replace=False))]
         times = sorted(e[0] for e in chosen)
@@ -620,7 +638,7 @@ def _count_questions(rng, script: Script) -> list[dict]:
                 "clue_intervals": [[s.start, s.end] for s in scenes]})
     scene = script.scenes[int(rng.integers(0, len(script.scenes)))]
     n = len(_signs_in(script, scene))
-    out.append({"task_type": "count", "question": f"How many signs appear during the scene with {scene.description()}?",
+    out.append({"task_type": "count", "question": f"How many signs appear during the scene where {scene.description()}?",
                 "answer": str(n), "distractors": _count_options(rng, n),
                 "clue_intervals": [[scene.start, scene.end]]})
     return out
@@ -676,6 +694,18 @@ def split_videos(video_ids: list[str], rng: np.random.Generator) -> dict[str, li
             "test": sorted(order[:n_test])}
 
 
+def plan_video(video_id: str, index: int, seed: int = 0, minutes: float | None = None, fps: int = 2,
+               size: tuple[int, int] = (320, 180)) -> tuple[Script, list[dict]]:
+    """The script and questions of the ``index``-th video of a corpus, without rendering anything."""
+    rng = np.random.default_rng([seed, index])
+    if minutes is None:
+        seconds = float(rng.uniform(20, 60)) * 60
+    else:
+        seconds = float(minutes) * 60 * float(rng.uniform(0.8, 1.2))
+    script = make_script(video_id, float(max(60, round(seconds))), fps, size, rng)
+    return script, make_questions(script, rng)
+
+
 def generate_demo_corpus(out_dir, videos: int = 8, minutes: float | None = None, seed: int = 0, fps: int = 2,
                          size: tuple[int, int] = (320, 180), audio: bool = True) -> dict:
     """Write the demo corpus under ``out_dir`` and return a summary.
@@ -694,20 +724,15 @@ def generate_demo_corpus(out_dir, videos: int = 8, minutes: float | None = None,
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "generator").mkdir(parents=True, exist_ok=True)
+    for stale in itertools.chain((out / "videos").glob("demo_*"), (out / "generator").glob("demo_*.json")):
+        stale.unlink()  # a previous, larger corpus in the same folder must not leave videos behind
     ids = [f"demo_{i:03d}" for i in range(videos)]
     splits = split_videos(ids, np.random.default_rng([seed, 10_000]))
     split_of = {v: name for name, vs in splits.items() for v in vs}
 
     manifest_videos, all_questions = [], []
     for index, video_id in enumerate(ids):
-        rng = np.random.default_rng([seed, index])
-        if minutes is None:
-            seconds = float(rng.uniform(20, 60)) * 60
-        else:
-            seconds = float(minutes) * 60 * float(rng.uniform(0.8, 1.2))
-        seconds = float(max(60, round(seconds)))
-        script = make_script(video_id, seconds, int(fps), (width, height), rng)
-        questions = make_questions(script, rng)
+        script, questions = plan_video(video_id, index, seed, minutes, int(fps), (width, height))
         for q in questions:
             q["split"] = split_of[video_id]
         track = _dialogue_audio(script) if audio else None
@@ -716,7 +741,7 @@ def generate_demo_corpus(out_dir, videos: int = 8, minutes: float | None = None,
         hidden = asdict(script)
         hidden["questions"] = [q["qid"] for q in questions]
         (out / "generator" / f"{video_id}.json").write_text(json.dumps(hidden, indent=1))
-        manifest_videos.append({"video_id": video_id, "duration": seconds, "num_frames": num_frames,
+        manifest_videos.append({"video_id": video_id, "duration": script.duration, "num_frames": num_frames,
                                 "split": split_of[video_id], "scenes": len(script.scenes),
                                 "signs": len(script.signs), "dialogue_lines": len(script.lines),
                                 "audio": track is not None, "questions": len(questions)})

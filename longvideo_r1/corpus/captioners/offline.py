@@ -156,7 +156,7 @@ def look_at(frame: np.ndarray, time: float) -> FrameLook:
 # ---------------------------------------------------------------- wording helpers
 
 def _t(seconds: float) -> str:
-    return f"{round(seconds, 1):g} s"
+    return f"{seconds:.1f}".rstrip("0").rstrip(".") + " s"
 
 
 def _span(a: float, b: float) -> str:
@@ -211,7 +211,7 @@ def _background_runs(looks: list[FrameLook]) -> list[tuple[str, float, float, li
     return [tuple(r) for r in merged]
 
 
-def _describe_things(looks: list[FrameLook], with_motion: bool) -> list[str]:
+def _describe_things(looks: list[FrameLook]) -> list[str]:
     """One phrase per coloured object seen in these frames (same background): kind, motion, place."""
     by_colour: dict[str, list[tuple[FrameLook, list[Thing]]]] = {}
     for look in looks:
@@ -232,9 +232,10 @@ def _describe_things(looks: list[FrameLook], with_motion: bool) -> list[str]:
         xs = np.array([p[1] for p in track]) if track else np.array([0.5])
         ys = np.array([p[2] for p in track]) if track else np.array([0.5])
         motion = None
-        if with_motion and len(track) >= 2:
+        if len(track) >= 2:
+            # a jump of a third of the frame is an object leaving one side and coming back at the other
             steps = [((b[1] - a[1]) / (b[0] - a[0]), (b[2] - a[2]) / (b[0] - a[0]))
-                     for a, b in zip(track, track[1:]) if b[0] > a[0]]
+                     for a, b in zip(track, track[1:]) if b[0] > a[0] and max(abs(b[1] - a[1]), abs(b[2] - a[2])) < 0.33]
             if steps:
                 vx, vy = np.median(np.array(steps), axis=0)
                 if max(abs(vx), abs(vy)) < 0.008:
@@ -270,6 +271,10 @@ def _sign_events(looks: list[FrameLook], gap: float) -> list[tuple[str | None, f
                 last[2] = look.time
             else:
                 events.append([text, look.time, look.time])
+    # a panel read in some frames and not in others is one sign: keep only what was read
+    read = [e for e in events if e[0] is not None]
+    events = read + [e for e in events if e[0] is None and
+                     not any(r[1] - gap <= e[2] and e[1] <= r[2] + gap for r in read)]
     return sorted((tuple(e) for e in events), key=lambda e: e[1])
 
 
@@ -291,7 +296,8 @@ class OfflineCaptioner:
     """Captions from pixel statistics, RapidOCR and subtitles; no model weights beyond the OCR's.
 
     ``ocr``: read sign text (low level only, where the detail belongs). ``frames_per_level``: at most
-    this many distinct frames are analysed per caption. ``ocr_min_score``: drop OCR reads below it.
+    this many distinct frames are analysed per caption (default: all the corpus sends, 128/64/32).
+    ``ocr_min_score``: drop OCR reads below it. ``ocr_cache_size``: signs remembered by thumbnail.
     """
 
     name = "offline"
@@ -301,7 +307,7 @@ class OfflineCaptioner:
         self.ocr = ocr
         self.ocr_min_score = ocr_min_score
         self.ocr_cache_size = ocr_cache_size
-        self.frames_per_level = {"high": 40, "medium": 48, "low": 32, **(frames_per_level or {})}
+        self.frames_per_level = {"high": 128, "medium": 64, "low": 32, **(frames_per_level or {})}
         self._engine = None
         self._ocr_cache: OrderedDict[bytes, str | None] = OrderedDict()
         self.ocr_calls = 0   # how many crops went to the OCR model (the rest came from the cache)
@@ -381,7 +387,7 @@ class OfflineCaptioner:
             changes = "; ".join(f"at about {_t(r[1])} it changes to {r[0]}" for r in runs[1:])
             sentences.append(f"From {_t(t0)} to {_t(t1)} the background starts {runs[0][0]}; {changes}.")
         for colour, a, b, run_looks in runs:
-            phrases = _describe_things(run_looks, with_motion=True)
+            phrases = _describe_things(run_looks)
             if not phrases:
                 continue
             lead = f"On the {colour} background, " if len(runs) > 1 else ""
@@ -438,8 +444,9 @@ class OfflineCaptioner:
         runs = _background_runs(looks)
         share = Counter(look.background for look in looks)
         dominant = [c for c, n in share.most_common(4) if n >= 0.1 * len(looks)]
-        sentences = [f"From {_t(t0)} to {_t(t1)} the video passes through about {len(runs)} "
-                     f"scene{'s' if len(runs) > 1 else ''}, mostly on {_listing(dominant)} backgrounds."]
+        scenes = "a single scene" if len(runs) == 1 else f"about {_count_word(len(runs))} scenes"
+        sentences = [f"From {_t(t0)} to {_t(t1)} the video passes through {scenes}, "
+                     f"mostly on {_listing(dominant)} background{'s' if len(dominant) > 1 else ''}."]
         kinds = Counter(t.kind for look in looks for t in look.things if t.kind and t.kind != "shape")
         if kinds:
             sentences.append(f"Simple coloured shapes, mainly {_listing([_plural(k) for k, _ in kinds.most_common(2)])}, "
