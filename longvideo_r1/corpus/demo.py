@@ -501,7 +501,9 @@ def encode_video(script: Script, path: Path, audio: Speech | None = None) -> int
                 container.mux(packet)
             count += 1
             if sound is not None:  # interleave the speech with the pictures, frame by frame
-                upto = audio.length if i == num_frames - 1 else min(audio.length, int((i + 1) / script.fps * _SAMPLE_RATE))
+                upto = min(audio.length, int((i + 1) / script.fps * _SAMPLE_RATE))
+                if i == num_frames - 1:
+                    upto = audio.length
                 if upto > sent:
                     frame = av.AudioFrame.from_ndarray(audio.chunk(sent, upto)[None, :], format="fltp", layout="mono")
                     frame.sample_rate, frame.pts = _SAMPLE_RATE, sent
@@ -601,8 +603,8 @@ def _event_order(rng, script: Script, used_signs: set[int]) -> dict | None:
         first_seen.setdefault(scene.background, scene)
     for colour, scene in first_seen.items():
         if scene.index > 0:
-            events.append((scene.start, f"the first {colour} background",
-                           [max(0.0, scene.start - 1.0), min(script.duration, scene.start + 3.0)], ("scene", scene.index)))
+            clue = [max(0.0, scene.start - 1.0), min(script.duration, scene.start + 3.0)]
+            events.append((scene.start, f"the first {colour} background", clue, ("scene", scene.index)))
     if len(events) < 3:
         return None
     for _ in range(100):
@@ -638,7 +640,8 @@ def _count_questions(rng, script: Script) -> list[dict]:
                 "clue_intervals": [[s.start, s.end] for s in scenes]})
     scene = script.scenes[int(rng.integers(0, len(script.scenes)))]
     n = len(_signs_in(script, scene))
-    out.append({"task_type": "count", "question": f"How many signs appear during the scene where {scene.description()}?",
+    out.append({"task_type": "count",
+                "question": f"How many signs appear during the scene where {scene.description()}?",
                 "answer": str(n), "distractors": _count_options(rng, n),
                 "clue_intervals": [[scene.start, scene.end]]})
     return out

@@ -235,7 +235,8 @@ def _describe_things(looks: list[FrameLook]) -> list[str]:
         if len(track) >= 2:
             # a jump of a third of the frame is an object leaving one side and coming back at the other
             steps = [((b[1] - a[1]) / (b[0] - a[0]), (b[2] - a[2]) / (b[0] - a[0]))
-                     for a, b in zip(track, track[1:]) if b[0] > a[0] and max(abs(b[1] - a[1]), abs(b[2] - a[2])) < 0.33]
+                     for a, b in zip(track, track[1:])
+                     if b[0] > a[0] and max(abs(b[1] - a[1]), abs(b[2] - a[2])) < 0.33]
             if steps:
                 vx, vy = np.median(np.array(steps), axis=0)
                 if max(abs(vx), abs(vy)) < 0.008:
@@ -449,8 +450,8 @@ class OfflineCaptioner:
                      f"mostly on {_listing(dominant)} background{'s' if len(dominant) > 1 else ''}."]
         kinds = Counter(t.kind for look in looks for t in look.things if t.kind and t.kind != "shape")
         if kinds:
-            sentences.append(f"Simple coloured shapes, mainly {_listing([_plural(k) for k, _ in kinds.most_common(2)])}, "
-                             "move around the screen.")
+            mainly = _listing([_plural(k) for k, _ in kinds.most_common(2)])
+            sentences.append(f"Simple coloured shapes, mainly {mainly}, move around the screen.")
         extras = []
         if any(look.panels for look in looks):
             extras.append("short text signs flash up now and then")
