@@ -18,7 +18,7 @@ from longvideo_r1.corpus.video import (VideoInfo, open_reader, parse_srt, read_f
 
 
 @dataclass(frozen=True)
-class CaptionRecord:
+class CaptionRecord(tree.FrameSpan):
     """One caption of the tree, as the store keeps it."""
 
     video_id: str
@@ -29,14 +29,6 @@ class CaptionRecord:
     frame_ids: tuple[int, ...]
     seg_start: float   # first frame of the part, seconds
     seg_end: float     # one past the last frame of the part, seconds
-
-    @property
-    def start(self) -> float:
-        return self.frame_time[0]
-
-    @property
-    def end(self) -> float:
-        return self.frame_time[-1]
 
 
 def strip_caption_tags(text: str) -> str:

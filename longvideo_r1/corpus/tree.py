@@ -103,8 +103,23 @@ def frame_times(frame_ids, fps: float) -> list[float]:
     return [round(int(i) / fps, 1) for i in frame_ids]
 
 
+class FrameSpan:
+    """Mixin for records with ``frame_time``: the span shown to the agent is the first and last
+    sampled frame time (PROTOCOL §2), not the segment's true boundaries."""
+
+    frame_time: tuple[float, ...]
+
+    @property
+    def start(self) -> float:
+        return self.frame_time[0]
+
+    @property
+    def end(self) -> float:
+        return self.frame_time[-1]
+
+
 @dataclass(frozen=True)
-class Segment:
+class Segment(FrameSpan):
     """One node of the caption tree and the frames its caption is made from."""
 
     level: str
@@ -113,15 +128,6 @@ class Segment:
     last_frame: int
     frame_ids: tuple[int, ...]
     frame_time: tuple[float, ...]
-
-    @property
-    def start(self) -> float:
-        """Time span shown to the agent: first and last sampled frame time (PROTOCOL §2)."""
-        return self.frame_time[0]
-
-    @property
-    def end(self) -> float:
-        return self.frame_time[-1]
 
 
 def build_segments(num_frames: int, fps: float, width: int,
