@@ -38,3 +38,14 @@ def test_the_shipped_demo_config_loads_and_overrides_apply():
     config = load_config(DEMO_CONFIG, ["corpus.videos=3", "captions.shards=4"])
     assert config.corpus.videos == 3 and config.captions.shards == 4
     assert config.captions.captioner == "offline"
+
+
+@pytest.mark.slow
+def test_the_store_benchmark_runs_and_prints_its_table():
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_store.py"
+    result = subprocess.run([sys.executable, str(bench), "--videos", "12", "--lookups", "2000",
+                             "--json-lookups", "50", "--ray-lookups", "100"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| store in-process, cache off |" in result.stdout
+    assert "x the per-call JSON approach" in result.stdout
