@@ -291,6 +291,39 @@ def _dialogue(request: CaptionRequest) -> list[tuple[str, float, float]]:
     return [(line, a, b) for line, (a, b) in spoken.items()]
 
 
+def detail_sentences(request: CaptionRequest, looks: list[FrameLook]) -> dict[str, list[str]]:
+    """The sentences of a low-level caption grouped by topic, each group in caption order.
+
+    Keys: ``background`` (one sentence: the colour over time), ``shapes`` (coloured objects, kind,
+    motion and place, per background), ``signs`` (one sentence per sign shown, with its text when it
+    was read) and ``dialogue`` (one sentence per subtitle line). The low caption is these groups
+    joined in that order; the offline video_qa tool picks the groups a question asks about.
+    """
+    t0, t1 = request.frame_time[0], request.frame_time[-1]
+    runs = _background_runs(looks)
+    topics: dict[str, list[str]] = {"background": [], "shapes": [], "signs": [], "dialogue": []}
+    if len(runs) == 1:
+        topics["background"].append(f"From {_t(t0)} to {_t(t1)} the background is {runs[0][0]}.")
+    else:
+        changes = "; ".join(f"at about {_t(r[1])} it changes to {r[0]}" for r in runs[1:])
+        topics["background"].append(f"From {_t(t0)} to {_t(t1)} the background starts {runs[0][0]}; {changes}.")
+    for colour, a, b, run_looks in runs:
+        phrases = _describe_things(run_looks)
+        if not phrases:
+            continue
+        lead = f"On the {colour} background, " if len(runs) > 1 else ""
+        body = _listing(phrases)
+        topics["shapes"].append((lead + body)[0].upper() + (lead + body)[1:] + ".")
+    for text, a, b in _sign_events(looks, gap=1.6):
+        if text is None:
+            topics["signs"].append(f"A white sign with writing appears {_span(a, b)}, but its text cannot be read.")
+        else:
+            topics["signs"].append(f'A white sign reading "{text}" appears {_span(a, b)}.')
+    for line, a, b in _dialogue(request):
+        topics["dialogue"].append(f'At {_t(a)} someone says: "{line}"')
+    return topics
+
+
 # ---------------------------------------------------------------- the captioner
 
 class OfflineCaptioner:
@@ -320,13 +353,14 @@ class OfflineCaptioner:
             yield self.caption(request)
 
     def caption(self, request: CaptionRequest) -> str:
-        looks = self._look(request)
+        looks = self.look(request)
         writer = {"low": self._low, "medium": self._medium, "high": self._high}[request.level]
         return _budget(writer(request, looks), request.word_budget)
 
     # ------------------------------------------------------------ seeing
 
-    def _look(self, request: CaptionRequest) -> list[FrameLook]:
+    def look(self, request: CaptionRequest) -> list[FrameLook]:
+        """What each distinct frame of the request shows (sign text is read at the low level only)."""
         times = list(request.frame_time)
         # Sampled frames repeat when a segment is short; look at each distinct time once.
         distinct = [i for i, t in enumerate(times) if i == 0 or t != times[i - 1]]
@@ -379,31 +413,9 @@ class OfflineCaptioner:
     # ------------------------------------------------------------ writing
 
     def _low(self, request: CaptionRequest, looks: list[FrameLook]) -> str:
-        t0, t1 = request.frame_time[0], request.frame_time[-1]
-        runs = _background_runs(looks)
-        sentences = []
-        if len(runs) == 1:
-            sentences.append(f"From {_t(t0)} to {_t(t1)} the background is {runs[0][0]}.")
-        else:
-            changes = "; ".join(f"at about {_t(r[1])} it changes to {r[0]}" for r in runs[1:])
-            sentences.append(f"From {_t(t0)} to {_t(t1)} the background starts {runs[0][0]}; {changes}.")
-        for colour, a, b, run_looks in runs:
-            phrases = _describe_things(run_looks)
-            if not phrases:
-                continue
-            lead = f"On the {colour} background, " if len(runs) > 1 else ""
-            body = _listing(phrases)
-            sentences.append((lead + body)[0].upper() + (lead + body)[1:] + ".")
-        events = _sign_events(looks, gap=1.6)
-        lines = _dialogue(request)
-        for text, a, b in events:
-            if text is None:
-                sentences.append(f"A white sign with writing appears {_span(a, b)}, but its text cannot be read.")
-            else:
-                sentences.append(f'A white sign reading "{text}" appears {_span(a, b)}.')
-        for line, a, b in lines:
-            sentences.append(f'At {_t(a)} someone says: "{line}"')
-        if not events and not lines:
+        topics = detail_sentences(request, looks)
+        sentences = topics["background"] + topics["shapes"] + topics["signs"] + topics["dialogue"]
+        if not topics["signs"] and not topics["dialogue"]:
             sentences.append("No sign or dialogue appears.")
         return " ".join(sentences)
 
