@@ -51,12 +51,13 @@ def _caption_one(path: str, video_id: str, store: str, captioner: str, options: 
 def build_store(videos_dir: str | Path, store: str | Path, captioner: str = "offline",
                 captioner_options: dict | None = None, num_shards: int | None = None, workers: int = 1,
                 frames_per_level: dict | None = None, commit_every: int = 16,
-                progress: bool = True) -> BuildReport:
-    """Caption every video in ``videos_dir`` not yet in ``store`` and commit them into its shards."""
+                progress: bool = True, videos: list[tuple[str, Path]] | None = None) -> BuildReport:
+    """Caption every video in ``videos_dir`` (or the ``(video_id, path)`` pairs of ``videos``) not yet in
+    ``store`` and commit them into its shards."""
     t0 = time.perf_counter()
     options = dict(captioner_options or {})
     make_captioner(captioner, **options)  # fail fast on a bad captioner name or option
-    videos = find_videos(videos_dir)
+    videos = find_videos(videos_dir) if videos is None else videos
     if not videos:
         raise InputError(f"video folder {videos_dir}: no video files found "
                          "(looked for .mp4, .mkv, .avi, .mov, .webm, …)")

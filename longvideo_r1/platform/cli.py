@@ -97,6 +97,22 @@ def _cmd_pipeline(args) -> int:
     return 0
 
 
+def _cmd_ask(args) -> int:
+    from longvideo_r1.platform.ask import ask, parse_clues, print_episode
+
+    captioner_options = _captioner_options(args)
+    video_qa_options = {}
+    if args.video_qa == "openai":
+        if not args.video_qa_endpoint or not args.video_qa_model:
+            raise InputError("--video-qa openai needs --video-qa-endpoint URL and --video-qa-model NAME")
+        video_qa_options = {"endpoint": args.video_qa_endpoint, "model": args.video_qa_model}
+    episode = ask(args.video, args.question, args.options, args.store, args.policy, args.video_qa,
+                  video_qa_options, args.captioner, captioner_options, args.max_rounds, args.answer,
+                  parse_clues(args.clue), trace_json=args.trace_json, timeline_png=args.timeline_png)
+    print_episode(episode)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvr1", description="LongVideo-R1 platform: long-video navigation "
                                      "agents trained with RL on Ray, vLLM and DeepSpeed.")
@@ -107,6 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set corpus.videos=2 (repeatable)")
     p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("ask", help="answer one question about one video and show how the agent found it")
+    p.add_argument("--video", required=True, help="video file (an .srt beside it is used)")
+    p.add_argument("--question", required=True)
+    p.add_argument("--options", nargs="+", metavar="OPTION", help="answer options, in order A, B, C, …")
+    p.add_argument("--store", default="lvr1-store", help="caption store; the video is captioned into it if "
+                   "missing (default ./lvr1-store)")
+    p.add_argument("--policy", default="retrieval", help="exhaustive, random, retrieval, oracle (needs --clue "
+                   "and --answer), openai:MODEL@URL or local:MODEL_DIR (default retrieval)")
+    p.add_argument("--video-qa", choices=["offline", "openai", "none"], default="offline",
+                   help="video_qa backend (default offline)")
+    p.add_argument("--video-qa-endpoint", help="OpenAI-compatible base URL of the vision-language model")
+    p.add_argument("--video-qa-model", help="model name at --video-qa-endpoint")
+    p.add_argument("--captioner", choices=["offline", "openai"], default="offline",
+                   help="captioner for a video not yet in the store")
+    p.add_argument("--endpoint", help="captioner endpoint (--captioner openai)")
+    p.add_argument("--model", help="captioner model (--captioner openai)")
+    p.add_argument("--concurrency", type=int, default=8, help=argparse.SUPPRESS)
+    p.add_argument("--max-rounds", type=int, default=30)
+    p.add_argument("--answer", help="the ground-truth letter, if known (scores the episode)")
+    p.add_argument("--clue", action="append", metavar="START-END", help="a clue interval in seconds (repeatable)")
+    p.add_argument("--trace-json", help="write the full episode trace to this JSON file")
+    p.add_argument("--timeline-png", help="draw the visited segments against the video's length to this PNG")
+    p.set_defaults(func=_cmd_ask)
 
     corpus = sub.add_parser("corpus", help="video corpora").add_subparsers(dest="corpus_command", required=True)
     p = corpus.add_parser("demo", help="generate the embedded demo corpus (videos, subtitles, questions)")
