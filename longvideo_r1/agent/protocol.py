@@ -223,8 +223,13 @@ def parse_action(text, width: int, require_think: bool = True) -> Action:
     think = think.strip() if think is not None else None
     if require_think and think is None:
         return _invalid("think first: write your reasoning inside <think></think>, then one <tool> or <answer>")
-    # Look for the action after the reasoning, so tags quoted inside <think> do not count.
-    rest = text[text.find("</think>") + len("</think>"):] if think is not None else text
+    # Look for the action after the reasoning, so tags quoted inside <think> do not count. The end of
+    # the reasoning is the </think> that closes the <think> read above, not a stray one before it.
+    if think is not None:
+        opened = text.find("<think>") + len("<think>")
+        rest = text[text.find("</think>", opened) + len("</think>"):]
+    else:
+        rest = text
     tool, n_tools = _tag(rest, "tool")
     answer, n_answers = _tag(rest, "answer")
     if n_tools + n_answers == 0:
