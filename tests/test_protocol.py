@@ -332,10 +332,12 @@ ODD_ATOMS = st.one_of(st.booleans(), st.floats(allow_nan=True), st.text(max_size
 
 def segment(depth: int = 2):
     """A tuple of ids that is mostly plausible: small ints, now and then a bool, float, string or nested tuple."""
-    element = st.one_of(st.integers(-1, 9).map(str), st.integers(-1, 9).map(str), ODD_ATOMS.map(repr))
-    if depth:
-        element = st.one_of(element, element, segment(depth - 1))
-    return st.tuples(st.lists(element, max_size=5), st.sampled_from(["(", "["]), st.booleans()).map(
+    plausible = st.integers(1, 8).map(str)
+    element = st.one_of(*[plausible] * 8, st.integers(-1, 12).map(str), ODD_ATOMS.map(repr),
+                        *([segment(depth - 1)] if depth else []))
+    size = st.sampled_from([2, 3, 3, 0, 1, 4, 5])
+    return st.tuples(size.flatmap(lambda n: st.lists(element, min_size=n, max_size=n)),
+                     st.sampled_from(["("] * 5 + ["["]), st.booleans()).map(
         lambda t: t[1] + ", ".join(t[0]) + ("," if len(t[0]) == 1 or t[2] else "") + {"(": ")", "[": "]"}[t[1]])
 
 
@@ -343,10 +345,10 @@ def segment(depth: int = 2):
 def near_miss_calls(draw):
     name = draw(st.sampled_from(["get_caption"] * 4 + ["video_qa"] * 4 + ["get_captions", "Video_QA", "", "eval"]))
     args = [draw(segment())]
-    if draw(st.booleans()):  # the bare spelling get_caption(1, 2) instead of get_caption((1, 2))
+    if not draw(st.integers(0, 3)):  # the bare spelling get_caption(1, 2) instead of get_caption((1, 2))
         args = [args[0][1:-1]]
-    if draw(st.integers(0, 3)):  # usually a query, in one of several quotings
-        quote = draw(st.sampled_from(['"', "'", '"""', "", "b'"]))
+    if draw(st.integers(0, 5)) < (4 if name == "video_qa" else 1):  # a query, in one of several quotings
+        quote = draw(st.sampled_from(['"', '"', "'", '"""', "", "b'"]))
         body = draw(st.text(max_size=20).filter(lambda t: "\\" not in t))
         args.append(f"{quote}{body}{quote.lstrip('b')}")
     if not draw(st.integers(0, 5)):
@@ -358,8 +360,70 @@ def near_miss_calls(draw):
 
 @FUZZ
 @given(near_miss_calls(), st.integers(3, 8))
-def test_parse_action_never_raises_on_near_miss_tool_calls(text, width):
+def test_parse_action_never_raises_on_random_literal_arguments(text, width):
     check_result(parse_action(text, width), width)
+
+
+HARMLESS = {"single quotes", "bare ids", "spaces"}
+MUTATIONS = sorted(HARMLESS | {"id too big", "id zero", "id negative", "id bool", "id float", "id string",
+                               "id nested", "drop id", "extra id", "rename", "drop query", "extra argument",
+                               "unclosed", "query not a string", "empty query", "no think", "answer too"})
+# A query as a model writes it: printable text without quotes or backslashes (NUL cannot be in Python source).
+QUERY_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="\"'\\<"),
+                     min_size=1, max_size=30)
+
+
+@st.composite
+def mutated_calls(draw):
+    """A valid call with zero or more mutations: (width, expected action or None if mutated, text)."""
+    width = draw(st.integers(3, 8))
+    kind = draw(st.sampled_from(["get_caption", "video_qa"]))
+    ids = [draw(st.integers(1, width)) for _ in range(3 if kind == "video_qa" else draw(st.sampled_from([2, 3])))]
+    query = draw(QUERY_TEXT.filter(str.strip))
+    mutations = set(draw(st.lists(st.sampled_from(MUTATIONS), max_size=3)))
+    tokens = [str(i) for i in ids]
+    position = draw(st.integers(0, len(tokens) - 1))
+    replacements = {"id too big": str(width + draw(st.integers(1, 10**6))), "id zero": "0",
+                    "id negative": str(-draw(st.integers(1, 9))), "id bool": draw(st.sampled_from(["True", "False"])),
+                    "id float": f"{ids[position]}.0", "id string": repr(str(ids[position])),
+                    "id nested": f"({ids[position]}, {ids[position]})"}
+    for mutation, token in replacements.items():
+        if mutation in mutations:
+            tokens[position] = token
+    if "drop id" in mutations:
+        tokens.pop()
+    if "extra id" in mutations:
+        tokens.append("1")
+    sep = ",  " if "spaces" in mutations else ","
+    segment = sep.join(tokens)
+    args = [segment if "bare ids" in mutations and kind == "get_caption" else f"({segment})"]
+    if kind == "video_qa":
+        quote = "'" if "single quotes" in mutations else '"'
+        if "query not a string" in mutations:
+            args.append(draw(st.sampled_from(["42", "None", "(1, 2)", "[q]", "b'q'"])))
+        elif "empty query" in mutations:
+            args.append(quote + " " * draw(st.integers(0, 3)) + quote)
+        elif "drop query" not in mutations:
+            args.append(f"{quote}{query}{quote}")
+    if "extra argument" in mutations:
+        args.append("'more'")
+    name = draw(st.sampled_from(["get_captions", "Video_QA", "eval", "getcaption"])) if "rename" in mutations else kind
+    call = f"{name}({sep.join(args)}" + ("" if "unclosed" in mutations else ")")
+    text = ("" if "no think" in mutations else "<think>x</think>") + f"<tool>{call}</tool>" \
+        + ("<answer>A</answer>" if "answer too" in mutations else "")
+    expected = Action(kind, tuple(ids), query.strip() if kind == "video_qa" else None, think="x") \
+        if mutations <= HARMLESS else None
+    return width, expected, text
+
+
+@FUZZ
+@given(mutated_calls())
+def test_mutated_tool_calls_parse_exactly_or_not_at_all(case):
+    width, expected, text = case
+    action = parse_action(text, width)
+    check_result(action, width)
+    if expected is not None:
+        assert action == expected, text
 
 
 @st.composite

@@ -163,6 +163,12 @@ def _nesting(text: str) -> int:
     return deepest
 
 
+def _short(value, limit: int = 40) -> str:
+    """A value as the corrective note quotes it: never more than ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _check_segment(ids, width: int, size: tuple[int, ...]) -> str | None:
     if not isinstance(ids, tuple):
         return f"segment ids must be a tuple like (1, 2, 3), got {type(ids).__name__}"
@@ -170,9 +176,9 @@ def _check_segment(ids, width: int, size: tuple[int, ...]) -> str | None:
         return f"expected {' or '.join(map(str, size))} segment ids, got {len(ids)}"
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, int):
-            return f"segment ids must be integers, got {i!r}"
+            return f"segment ids must be integers, got {_short(i)}"
         if not 1 <= i <= width:
-            return f"segment id {i} is out of range: ids run from 1 to {width}"
+            return f"segment id {_short(i)} is out of range: ids run from 1 to {width}"
     return None
 
 
