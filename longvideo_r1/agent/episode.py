@@ -49,6 +49,10 @@ class EpisodeConfig:
     """keep a malformed turn in the model's context (RL, token-in/token-out) instead of dropping it"""
     system_template: str = protocol.DEFAULT_SYSTEM_PROMPT
     """system prompt template with {width} and {max_rounds}"""
+    last_round_note: str = "message"
+    """how the model is told the last round has come: "message" (a user message of its own, as the
+    reference evaluation does) or "append" (added to the latest user turn: token-level rollouts only
+    ever append to the context)"""
 
 
 @dataclass
@@ -134,7 +138,11 @@ class Episode:
         if self.done:
             raise RuntimeError("the episode is over")
         if self.last_round and not self._note_added:
-            self.messages.append({"role": "user", "content": protocol.LAST_ROUND_NOTE})
+            if self.config.last_round_note == "append":
+                last = self.messages[-1]
+                self.messages[-1] = {**last, "content": f"{last['content']}\n\n{protocol.LAST_ROUND_NOTE}"}
+            else:
+                self.messages.append({"role": "user", "content": protocol.LAST_ROUND_NOTE})
             self._note_added = True
         return self.messages
 

@@ -89,6 +89,14 @@ def _cmd_captions_stats(args) -> int:
     return 0
 
 
+def _cmd_models_prepare(args) -> int:
+    from longvideo_r1.models import MODEL_NAMES, prepare_models
+
+    paths = prepare_models(args.out, args.only or MODEL_NAMES)
+    print(json.dumps({name: str(path) for name, path in paths.items()}, indent=1))
+    return 0
+
+
 def _cmd_pipeline(args) -> int:
     from longvideo_r1.platform.config import load_config
     from longvideo_r1.platform.pipeline import run_pipeline
@@ -192,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = captions.add_parser("stats", help="counts per level and per shard")
     p.add_argument("store")
     p.set_defaults(func=_cmd_captions_stats)
+
+    models = sub.add_parser("models", help="small real language models built offline from installed packages"
+                            ).add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("prepare", help="build tiny-qwen3 (random weights, real Qwen3 tokenizer) and "
+                          "smollm2 (SmolLM2-135M-Instruct from its GGUF) as safetensors folders; print "
+                          "their paths as JSON (a finished folder is skipped)")
+    p.add_argument("--out", default="models", help="parent folder; each model goes to OUT/NAME (default ./models)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="build only these: tiny-qwen3, smollm2 (default both)")
+    p.set_defaults(func=_cmd_models_prepare)
     return parser
 
 

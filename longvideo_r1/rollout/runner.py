@@ -1,0 +1,196 @@
+"""Play many navigation episodes at once against one engine, token in and token out.
+
+Each generation step batches the next turn of every active episode; the tool calls of that step run
+concurrently (caption store lookups and video_qa); finished episodes leave the batch. The context
+of an episode is its prompt tokens plus each turn's sampled tokens plus each observation block, so
+``response_ids`` are exactly what was sampled and observed, and ``response_mask`` marks the sampled
+tokens the learner trains on.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from longvideo_r1.agent.episode import Episode, EpisodeConfig, Question
+from longvideo_r1.agent.tools import Tools
+from longvideo_r1.rollout.chat import ChatTokens
+from longvideo_r1.rollout.engine import Engine, Sampling
+
+
+@dataclass
+class RolloutConfig:
+    n: int = 1
+    """samples per question (a GRPO group)"""
+    max_turns: int = 15
+    """rounds per episode (PROTOCOL §5: 15 in RL training)"""
+    max_response_tokens: int = 12288
+    """sampled plus observation tokens per episode; the episode ends when they run out"""
+    max_turn_tokens: int = 1024
+    """tokens one turn may sample"""
+    max_observation_tokens: int = 8192
+    """tokens one observation may take; longer ones are truncated with a marker"""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    tool_threads: int = 8
+    """tool calls of one step run on this many threads"""
+    system_template: str | None = None
+
+
+@dataclass
+class RolloutEpisode:
+    """One finished episode, ready for the reward and the learner."""
+
+    question: Question
+    group: int                      # index of the question in the batch (GRPO group id)
+    sample: int                     # index within its group
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_mask: list[int]        # 1 on sampled tokens, 0 on observation tokens
+    logprobs: list[float]           # rollout log-prob of each response token (0.0 where mask is 0)
+    text: str                       # the assistant turns joined (what a verl reward function receives)
+    actions: list[dict]
+    visited: list[tuple[int, ...]]
+    answer: str | None
+    costs: dict
+    policy_version: int
+    finish: str                     # "answer" | "max_turns" | "budget"
+    width: int = 0
+    duration: float = 0.0
+    trace: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def correct(self) -> bool | None:
+        if self.question.answer is None:
+            return None
+        return self.answer is not None and self.answer.strip() == self.question.answer
+
+
+@dataclass
+class _Live:
+    episode: Episode
+    group: int
+    sample: int
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    response_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str | None = None
+
+
+@dataclass
+class RolloutTimings:
+    generate_seconds: float = 0.0
+    tool_seconds: float = 0.0
+    tokenize_seconds: float = 0.0
+    steps: int = 0
+
+
+def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config: RolloutConfig,
+                 timings: RolloutTimings | None = None, group_offset: int = 0) -> list[RolloutEpisode]:
+    """Play ``config.n`` episodes per question; results are grouped by question, in input order."""
+    timings = timings or RolloutTimings()
+    chat = ChatTokens(engine.tokenizer)
+    episode_config = EpisodeConfig(max_rounds=config.max_turns, keep_malformed=True, last_round_note="append",
+                                   **({"system_template": config.system_template} if config.system_template else {}))
+    t0 = time.perf_counter()
+    live: list[_Live] = []
+    for g, question in enumerate(questions):
+        for k in range(config.n):
+            episode = tools.start(question, episode_config)
+            live.append(_Live(episode, g + group_offset, k, chat.prompt_ids(episode.prompt())))
+    timings.tokenize_seconds += time.perf_counter() - t0
+    version = engine.version
+    with ThreadPoolExecutor(max_workers=config.tool_threads, thread_name_prefix="rollout-tools") as pool:
+        active = list(live)
+        while active:
+            timings.steps += 1
+            sampling = []
+            for item in active:
+                room = config.max_response_tokens - len(item.response_ids)
+                sampling.append(Sampling(max_tokens=max(1, min(config.max_turn_tokens, room)),
+                                         temperature=config.temperature, top_p=config.top_p,
+                                         seed=hash((config.seed, item.group, item.sample, timings.steps)) & 0x7FFFFFFF))
+            t = time.perf_counter()
+            generations = engine.generate([item.prompt_ids + item.response_ids for item in active], sampling)
+            timings.generate_seconds += time.perf_counter() - t
+
+            t = time.perf_counter()
+            pending = []
+            for item, gen in zip(active, generations):
+                item.response_ids += gen.token_ids
+                item.response_mask += [1] * len(gen.token_ids)
+                item.logprobs += gen.logprobs
+                text = engine.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+                action = item.episode.submit(text)
+                if action.kind in ("get_caption", "video_qa"):
+                    pending.append((item, pool.submit(tools.run, item.episode.question.video_id, action)))
+            timings.tokenize_seconds += time.perf_counter() - t
+
+            t = time.perf_counter()
+            for item, future in pending:
+                observation, seconds = future.result()
+                item.episode.observe(observation, seconds)
+            timings.tool_seconds += time.perf_counter() - t
+
+            t = time.perf_counter()
+            still = []
+            for item, gen in zip(active, generations):
+                ep = item.episode
+                if ep.done:
+                    item.finish = "answer" if ep.answer is not None else "max_turns"
+                    continue
+                ep.prompt()   # appends the last-round note to the latest user turn when due
+                obs = chat.observation_ids(ep.messages[-1]["content"], gen.token_ids, config.max_observation_tokens)
+                if len(item.response_ids) + len(obs) >= config.max_response_tokens:
+                    item.finish = "budget"
+                    ep.done = True
+                    continue
+                item.response_ids += obs
+                item.response_mask += [0] * len(obs)
+                item.logprobs += [0.0] * len(obs)
+                still.append(item)
+            active = still
+            timings.tokenize_seconds += time.perf_counter() - t
+    return [_finish(item, version) for item in live]
+
+
+def _finish(item: _Live, version: int) -> RolloutEpisode:
+    ep = item.episode
+    trace = ep.to_json()
+    return RolloutEpisode(
+        question=ep.question, group=item.group, sample=item.sample, prompt_ids=item.prompt_ids,
+        response_ids=item.response_ids, response_mask=item.response_mask, logprobs=item.logprobs,
+        text=ep.solution_str(), actions=[t["action"] for t in trace["turns"]], visited=list(ep.visited),
+        answer=ep.answer, costs={**asdict(ep.costs), "model_seconds": ep.costs.model_seconds},
+        policy_version=version, finish=item.finish or "max_turns", width=ep.width, duration=ep.duration,
+        trace=trace)
+
+
+def to_batch(episodes: list[RolloutEpisode], pad_id: int) -> dict:
+    """Right-padded tensors for the learner: ``input_ids``, ``attention_mask``, ``response_mask``
+    and ``rollout_logprobs`` over the whole sequence (prompt + response), plus ``prompt_lengths``.
+
+    ``rollout_logprobs[i, t]`` is the log-prob of token ``t`` given the tokens before it.
+    """
+    import torch
+
+    lengths = [len(e.prompt_ids) + len(e.response_ids) for e in episodes]
+    width = max(lengths)
+    n = len(episodes)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    response_mask = torch.zeros((n, width), dtype=torch.long)
+    logprobs = torch.zeros((n, width), dtype=torch.float32)
+    for row, e in enumerate(episodes):
+        p, r = len(e.prompt_ids), len(e.response_ids)
+        input_ids[row, : p + r] = torch.tensor(e.prompt_ids + e.response_ids, dtype=torch.long)
+        attention[row, : p + r] = 1
+        response_mask[row, p: p + r] = torch.tensor(e.response_mask, dtype=torch.long)
+        logprobs[row, p: p + r] = torch.tensor(e.logprobs, dtype=torch.float32)
+    return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response_mask,
+            "rollout_logprobs": logprobs, "prompt_lengths": torch.tensor([len(e.prompt_ids) for e in episodes]),
+            "group": torch.tensor([e.group for e in episodes]),
+            "policy_version": torch.tensor([e.policy_version for e in episodes])}

@@ -1,0 +1,179 @@
+"""The pool of rollout workers: Ray actors that each own an engine and play episodes.
+
+The driver hands out work one question group at a time (all ``n`` samples of a question stay on one
+worker, so GRPO groups stay together), to whichever worker is free: fast workers take more. If a
+worker dies mid-batch, the groups it held are queued again for the others and a replacement worker
+is started with the latest weights, so the batch still completes. Weight updates are put in the
+object store once and fanned out to every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from longvideo_r1.agent.episode import Question
+from longvideo_r1.errors import InputError
+from longvideo_r1.rollout.runner import RolloutConfig, RolloutEpisode, RolloutTimings
+
+log = logging.getLogger("longvideo_r1.rollout")
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a rollout worker needs to build itself (it travels to the actor)."""
+
+    engine: str = "vllm"
+    """vllm or transformers"""
+    model: str = ""
+    """checkpoint folder the engine loads"""
+    engine_options: dict = field(default_factory=dict)
+    """keyword options of the engine (dtype, max_model_len, tensor_parallel_size, …)"""
+    store: str = ""
+    """caption store folder (read in-process by each worker)"""
+    video_qa: str | None = "offline"
+    """video_qa backend: offline, openai, or None"""
+    video_qa_options: dict = field(default_factory=dict)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+class RolloutWorker:
+    """The body of a rollout actor: one engine, the agent's tools, and the episode runner."""
+
+    def __init__(self, spec: WorkerSpec, captions=None):
+        from longvideo_r1.agent.tools import Tools
+        from longvideo_r1.corpus.store import CaptionStore
+        from longvideo_r1.rollout.engine import make_engine
+
+        self.engine = make_engine(spec.engine, spec.model, **spec.engine_options)
+        backend = None
+        if spec.video_qa:
+            from longvideo_r1.agent.video_qa import make_video_qa
+            backend = make_video_qa(spec.video_qa, **spec.video_qa_options)
+        self.tools = Tools(captions if captions is not None else CaptionStore(spec.store), backend)
+
+    def ready(self) -> dict:
+        import os
+
+        return {"engine": self.engine.name, "version": self.engine.version, "pid": os.getpid()}
+
+    def rollout(self, questions: list[Question], config: RolloutConfig,
+                group_offset: int) -> tuple[list[RolloutEpisode], RolloutTimings]:
+        from longvideo_r1.rollout.runner import run_rollouts
+
+        timings = RolloutTimings()
+        return run_rollouts(self.engine, self.tools, questions, config, timings, group_offset), timings
+
+    def update_weights(self, named_tensors, version: int) -> int:
+        self.engine.update_weights(named_tensors, version)
+        return self.engine.version
+
+    def stats(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self.engine.stats)
+
+
+_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class RolloutPool:
+    def __init__(self, spec: WorkerSpec, num_workers: int = 1, captions=None, start_timeout: float = 600.0):
+        if not ray.is_initialized():
+            raise InputError("the rollout pool needs Ray: call ray.init() (or run inside a Ray job)")
+        if num_workers < 1:
+            raise InputError(f"rollout workers: need at least one, got {num_workers}")
+        self.spec = spec
+        self.captions = captions
+        self.start_timeout = start_timeout
+        self._cls = ray.remote(RolloutWorker)
+        self._weights = None            # (ObjectRef of the named tensors, version) last pushed
+        self.workers = [self._spawn() for _ in range(num_workers)]
+        self._wait_ready(self.workers)
+        self.restarts = 0
+        self.timings = RolloutTimings()
+
+    def _spawn(self):
+        return self._cls.options(num_cpus=self.spec.num_cpus, num_gpus=self.spec.num_gpus).remote(
+            self.spec, self.captions)
+
+    def _wait_ready(self, workers) -> None:
+        refs = [w.ready.remote() for w in workers]
+        ready, missing = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        if missing:
+            raise InputError(f"rollout workers: {len(missing)} of {len(refs)} did not start within "
+                             f"{self.start_timeout:.0f} s; check the cluster has {self.spec.num_cpus} CPUs and "
+                             f"{self.spec.num_gpus} GPUs free per worker")
+        ray.get(ready)   # raises the engine's own error (e.g. a bad model folder)
+        if self._weights is not None:
+            ref, version = self._weights
+            ray.get([w.update_weights.remote(ref, version) for w in workers])
+
+    def rollout(self, questions: list[Question], config: RolloutConfig,
+                chunks_per_worker: int = 2) -> list[RolloutEpisode]:
+        """All ``config.n`` samples of every question, grouped by question in input order.
+
+        Questions go out in chunks (about ``chunks_per_worker`` per worker): big enough for the
+        engine to batch many episodes, small enough that a slow or dead worker holds little.
+        """
+        size = max(1, -(-len(questions) // (len(self.workers) * chunks_per_worker)))
+        queue = [list(range(i, min(i + size, len(questions)))) for i in range(0, len(questions), size)]
+        idle = list(self.workers)
+        running: dict = {}                           # ObjectRef -> (worker, question indices)
+        results: dict[int, list[RolloutEpisode]] = {}
+        while queue or running:
+            while queue and idle:
+                worker, chunk = idle.pop(), queue.pop(0)
+                ref = worker.rollout.remote([questions[g] for g in chunk], config, chunk[0])
+                running[ref] = (worker, chunk)
+            done, _ = ray.wait(list(running), num_returns=1)
+            worker, chunk = running.pop(done[0])
+            try:
+                episodes, timings = ray.get(done[0])
+            except _DEAD as exc:
+                log.warning("rollout worker died while playing questions %s (%s); re-queued on the others",
+                            chunk, type(exc).__name__)
+                queue.insert(0, chunk)
+                self._replace(worker, idle)
+                continue
+            for e in episodes:
+                results.setdefault(e.group, []).append(e)
+            for name in ("generate_seconds", "tool_seconds", "tokenize_seconds", "steps"):
+                setattr(self.timings, name, getattr(self.timings, name) + getattr(timings, name))
+            idle.append(worker)
+        return [e for g in range(len(questions)) for e in sorted(results[g], key=lambda e: e.sample)]
+
+    def _replace(self, dead, idle: list) -> None:
+        self.workers = [w for w in self.workers if w is not dead]
+        self.restarts += 1
+        try:
+            replacement = self._spawn()
+            self._wait_ready([replacement])
+        except Exception as exc:  # the batch goes on with the workers that are left
+            log.error("could not start a replacement rollout worker: %s", exc)
+            if not self.workers:
+                raise InputError("rollout workers: every worker died and none could be restarted") from None
+            return
+        self.workers.append(replacement)
+        idle.append(replacement)
+
+    def update_weights(self, named_tensors, version: int) -> None:
+        """Push new weights to every worker (one copy in the object store); returns when all have them."""
+        t0 = time.perf_counter()
+        ref = ray.put(list(named_tensors))
+        self._weights = (ref, version)
+        versions = ray.get([w.update_weights.remote(ref, version) for w in self.workers])
+        log.info("weights v%d pushed to %d workers in %.2f s", version, len(versions), time.perf_counter() - t0)
+
+    def stats(self) -> list[dict]:
+        return ray.get([w.stats.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
