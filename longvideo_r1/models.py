@@ -290,8 +290,9 @@ def _remove_stale_partials(out_dir: Path) -> None:
             shutil.rmtree(candidate, ignore_errors=True)
 
 
-def _clear_unfinished(out_dir: Path) -> None:
-    """Remove an unfinished model folder, but only if nothing in it looks like someone else's file."""
+def _clear_for_rebuild(out_dir: Path) -> None:
+    """Remove a model folder that is unfinished or was built with other arguments, but only if
+    nothing in it looks like someone else's file."""
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -327,7 +328,7 @@ def _build_atomically(out_dir: Path, name: str, params: dict, build: Callable[[P
         (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         if is_complete(out_dir, name, params):     # another process finished first: keep its copy
             return out_dir
-        _clear_unfinished(out_dir)
+        _clear_for_rebuild(out_dir)
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

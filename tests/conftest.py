@@ -41,3 +41,32 @@ def demo_corpus(tmp_path_factory) -> DemoCorpus:
     """Three videos of about two minutes each (real H.264 files, subtitles, questions)."""
     root = tmp_path_factory.mktemp("demo_corpus")
     return DemoCorpus(root, generate_demo_corpus(root, videos=DEMO_VIDEOS, minutes=DEMO_MINUTES, seed=DEMO_SEED))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny Qwen3 with the real Qwen3 tokenizer (vLLM and transformers load it)."""
+    from longvideo_r1.models import make_tiny_qwen3
+
+    return make_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3") / "model")
+
+
+@pytest.fixture(scope="session")
+def rollout_tools(tmp_path_factory):
+    """Tools over a small store of synthetic caption trees (tests/navigator.py VIDEOS), no video_qa."""
+    from longvideo_r1.agent.tools import Tools
+    from longvideo_r1.corpus.store import CaptionStore
+    from tests.navigator import VIDEOS
+    from tests.test_store import build, make_video
+
+    root = tmp_path_factory.mktemp("rollout-store") / "store"
+    build(root, [make_video(video, frames) for video, frames in VIDEOS], shards=2)
+    return Tools(CaptionStore(root))
+
+
+@pytest.fixture(scope="session")
+def tiny_navigator_dir(tmp_path_factory, rollout_tools) -> Path:
+    """A tiny Qwen3 taught to call get_caption((1,1)) and then answer B on the rollout test questions."""
+    from tests.navigator import train_tiny_navigator
+
+    return train_tiny_navigator(tmp_path_factory.mktemp("tiny-navigator"), rollout_tools)

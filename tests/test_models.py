@@ -139,13 +139,36 @@ def test_prepare_models_rejects_unknown_names(tmp_path):
 # -------------------------------------------------------------------------------------- SmolLM2
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """One conversion per module, into a folder that a crashed writer left half written (no marker)."""
+def converted(tmp_path_factory):
+    """One conversion per module, into a folder that a crashed writer left half written (no marker).
+
+    Dequantising the GGUF takes 12-18 s, so the GGUF-loaded model that the conversion itself makes is
+    kept (by wrapping ``from_pretrained``) as the reference for the logits, instead of a second load.
+    """
+    from transformers import AutoModelForCausalLM
+
     folder = tmp_path_factory.mktemp("smol") / "smollm2"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
     (folder / "model.safetensors").write_bytes(b"\0" * 100)
-    return convert_smollm2(folder)
+    loaded = []
+    original = AutoModelForCausalLM.from_pretrained
+
+    def keep(*args, **kwargs):
+        model = original(*args, **kwargs)
+        loaded.append((kwargs.get("gguf_file"), model))
+        return model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AutoModelForCausalLM, "from_pretrained", keep)
+        path = convert_smollm2(folder)
+    assert [name for name, _ in loaded] == [smollm2_gguf_path().name]
+    return path, loaded[0][1]
+
+
+@pytest.fixture(scope="module")
+def smollm2(converted):
+    return converted[0]
 
 
 @pytest.mark.slow
@@ -159,14 +182,14 @@ def test_a_half_written_folder_is_rebuilt(smollm2):
 
 
 @pytest.mark.slow
-def test_converted_smollm2_reloads_without_gguf_and_matches_its_logits(smollm2):
+def test_converted_smollm2_reloads_without_gguf_and_matches_its_logits(converted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
+    smollm2, reference = converted
     started = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(smollm2)
     load_s = time.perf_counter() - started
-    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    assert reference.config.quantization_config.to_dict()["quant_method"] == "gguf"
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert getattr(model.config, "quantization_config", None) is None
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

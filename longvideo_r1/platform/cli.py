@@ -90,9 +90,14 @@ def _cmd_captions_stats(args) -> int:
 
 
 def _cmd_models_prepare(args) -> int:
+    import contextlib
+
     from longvideo_r1.models import MODEL_NAMES, prepare_models
 
-    paths = prepare_models(args.out, args.only or MODEL_NAMES)
+    # Keep stdout pure JSON: transformers imports accelerate, which imports DeepSpeed, whose logger
+    # prints "Setting accelerator to CPU" on stdout; send any such chatter to stderr instead.
+    with contextlib.redirect_stdout(sys.stderr):
+        paths = prepare_models(args.out, args.only or MODEL_NAMES)
     print(json.dumps({name: str(path) for name, path in paths.items()}, indent=1))
     return 0
 
