@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--turn-tokens", type=int, default=64)
-    parser.add_argument("--max-model-len", type=int, default=16384)
+    parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -135,11 +135,12 @@ def main() -> None:
     for name in args.models:
         cmd = [sys.executable, __file__, "--one", name] + [a for a in sys.argv[1:] if a != "--models"
                                                             and a not in args.models]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"benchmark of {name} failed")
+            print(f"benchmark of {name} failed (see its output above)", file=sys.stderr)
+            continue
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(f"\n## Rollout throughput ({args.episodes} episodes = {args.episodes // args.n} demo questions × n={args.n}, "
           f"{args.max_turns} turns, ≤{args.turn_tokens} tokens per turn, temperature 1.0)\n")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only\n")

@@ -195,9 +195,12 @@ class HFEngine:
                                       max_new_tokens=s.max_tokens, stop_strings=list(s.stop) or None,
                                       tokenizer=self.tokenizer, pad_token_id=self.pad_id, output_logits=True,
                                       return_dict_in_generate=True, top_k=None, **sampling)
-        new = res.sequences[:, width:].cpu()
-        logits = torch.stack(res.logits, dim=1).float().cpu()      # (batch, steps, vocab), raw
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        new_dev = res.sequences[:, width:]
+        # Log-prob of each sampled token from the raw logits, one step at a time on the device:
+        # stacking (batch, steps, vocab) logits first would copy gigabytes for large batches.
+        logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(-1, new_dev[:, k:k + 1])[:, 0]
+                                for k, step in enumerate(res.logits)], dim=1).cpu()
+        new = new_dev.cpu()
         gens = []
         for row in range(len(prompts)):
             tokens = new[row].tolist()
