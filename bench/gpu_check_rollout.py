@@ -43,14 +43,20 @@ def check(episodes: int) -> dict:
     from longvideo_r1.rollout.runner import RolloutConfig, RolloutTimings, run_rollouts, to_batch
 
     out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    t_start = time.perf_counter()
+
+    def stage(name):
+        print(f"[{time.perf_counter() - t_start:6.1f} s] {name}: {json.dumps(out)}", file=sys.stderr, flush=True)
     tools = Tools(CaptionStore(ROOT / "store"))
     engine = HFEngine(str(ROOT / "navigator"), device="cuda")
     questions = [Question(v, "What colour is the circle?", ["red", "blue", "green", "gray"], answer="B", qid=f"q{i}")
                  for i, v in enumerate(["vid_a", "vid_b"])]
+    stage("engine loaded")
     eps = run_rollouts(engine, tools, questions, RolloutConfig(n=2, max_turns=4, temperature=0.0))
     out["greedy_episodes_answer_B"] = sum(e.answer == "B" and e.visited == [(1, 1)] for e in eps)
     batch = to_batch(eps, engine.pad_id)
     out["mask_tokens"] = int(batch["response_mask"].sum())
+    stage("greedy episodes")
 
     # sampled log-probs vs a teacher-forced forward pass on the same tokens
     e = run_rollouts(engine, tools, questions[:1], RolloutConfig(max_turns=1, temperature=1.5, max_turn_tokens=32))[0]
@@ -60,6 +66,7 @@ def check(episodes: int) -> dict:
     ref = torch.log_softmax(logits, -1).gather(-1, ids[0, len(e.prompt_ids):, None])[:, 0].cpu()
     got = torch.tensor(e.logprobs)
     out["logprob_max_abs_diff"] = float((ref - got).abs().max())
+    stage("log-probs")
 
     # weight update in place: fresh random weights make the navigator forget its turns, then restore
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -71,6 +78,7 @@ def check(episodes: int) -> dict:
     engine.update_weights(trained.items(), 2)
     again = run_rollouts(engine, tools, questions[:1], RolloutConfig(max_turns=4, temperature=0.0))
     out["update_weights_changes_behaviour"] = forgot[0].answer is None and again[0].answer == "B"
+    stage("weight update")
 
     # batched throughput
     many = [questions[i % 2] for i in range(episodes // 4)]
@@ -85,6 +93,7 @@ def check(episodes: int) -> dict:
         out[label] = {"episodes": len(res), "wall_s": round(wall, 2), "episodes_per_s": round(len(res) / wall, 1),
                       "gen_tokens_per_s": round(tokens / wall), "generate_s": round(timings.generate_seconds, 2),
                       "tools_s": round(timings.tool_seconds, 3), "answered": sum(r.answer is not None for r in res)}
+        stage(label)
     out["peak_gpu_mem_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return out
 
