@@ -162,14 +162,19 @@ class HFEngine:
         self.stats = EngineStats()
 
     def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
-        # One generate call per distinct sampling setting: transformers takes one config per call.
-        groups: dict[Sampling, list[int]] = {}
+        # One generate call per distinct sampling setting (transformers takes one config per call).
+        # Seeds are left out of the key: a per-request seed would mean one call per episode, and a
+        # batched call draws all rows from one generator, seeded with the group's first seed.
+        groups: dict[tuple, list[int]] = {}
+        first: dict[tuple, Sampling] = {}
         for i, s in enumerate(sampling):
-            groups.setdefault(s, []).append(i)
+            key = (s.max_tokens, s.temperature, s.top_p, s.stop)
+            groups.setdefault(key, []).append(i)
+            first.setdefault(key, s)
         out: list[Generation | None] = [None] * len(prompts)
         t0 = time.perf_counter()
-        for s, idx in groups.items():
-            for i, g in zip(idx, self._generate([prompts[i] for i in idx], s)):
+        for key, idx in groups.items():
+            for i, g in zip(idx, self._generate([prompts[i] for i in idx], first[key])):
                 out[i] = g
         self.stats.generate_seconds += time.perf_counter() - t0
         self.stats.generate_calls += 1
