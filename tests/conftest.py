@@ -70,3 +70,13 @@ def tiny_navigator_dir(tmp_path_factory, rollout_tools) -> Path:
     from tests.navigator import train_tiny_navigator
 
     return train_tiny_navigator(tmp_path_factory.mktemp("tiny-navigator"), rollout_tools)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance (2 CPUs, no dashboard) for one test module."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

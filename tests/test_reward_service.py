@@ -16,13 +16,6 @@ ZERO = {"score": 0.0, "answer_reward": 0.0, "f1_reward": 0.0, "repeat_reward": 0
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def service(ray_local):
     svc = RewardService(num_workers=2, timeout_s=20.0)
     yield svc

@@ -10,13 +10,6 @@ from tests.test_store import build, make_video
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def served(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("served") / "store"
     build(root, [make_video(f"vid_{i}", 1500 + 500 * i) for i in range(6)], shards=4)
