@@ -6,7 +6,6 @@ import logging
 import time
 
 import pytest
-import ray
 
 from longvideo_r1.errors import InputError
 from longvideo_r1.reward.score import RewardConfig, compute_score
