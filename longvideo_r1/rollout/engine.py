@@ -165,16 +165,13 @@ class HFEngine:
         # One generate call per distinct sampling setting (transformers takes one config per call).
         # Seeds are left out of the key: a per-request seed would mean one call per episode, and a
         # batched call draws all rows from one generator, seeded with the group's first seed.
-        groups: dict[tuple, list[int]] = {}
-        first: dict[tuple, Sampling] = {}
+        groups: dict[tuple, tuple[Sampling, list[int]]] = {}
         for i, s in enumerate(sampling):
-            key = (s.max_tokens, s.temperature, s.top_p, s.stop)
-            groups.setdefault(key, []).append(i)
-            first.setdefault(key, s)
+            groups.setdefault((s.max_tokens, s.temperature, s.top_p, s.stop), (s, []))[1].append(i)
         out: list[Generation | None] = [None] * len(prompts)
         t0 = time.perf_counter()
-        for key, idx in groups.items():
-            for i, g in zip(idx, self._generate([prompts[i] for i in idx], first[key])):
+        for s, idx in groups.values():
+            for i, g in zip(idx, self._generate([prompts[i] for i in idx], s)):
                 out[i] = g
         self.stats.generate_seconds += time.perf_counter() - t0
         self.stats.generate_calls += 1
