@@ -80,7 +80,8 @@ def run_one(model_name: str, args) -> dict:
     out = {"model": model_name, "episodes": len(questions) * args.n}
 
     t = time.perf_counter()
-    engine = VLLMEngine(str(model_dir), max_model_len=args.max_model_len)
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
+    engine = VLLMEngine(str(model_dir), max_model_len=args.max_model_len, dtype=args.dtype)
     out["vllm_start_s"] = time.perf_counter() - t
     run_rollouts(engine, tools, questions[:1], RolloutConfig(n=1, max_turns=1, max_turn_tokens=8))  # warm-up
 
@@ -110,8 +111,9 @@ def run_one(model_name: str, args) -> dict:
 
     measure("naive_vllm", naive)
     del engine
-    hf = HFEngine(str(model_dir))
-    measure("transformers_batched", batched(hf))
+    if not args.skip_transformers:
+        hf = HFEngine(str(model_dir))
+        measure("transformers_batched", batched(hf))
     return out
 
 
@@ -125,6 +127,9 @@ def main() -> None:
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--turn-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=8192)
+    parser.add_argument("--dtype", default="auto", help="vLLM dtype (auto = float32 on CPU; bfloat16 needs AVX512-BF16/AMX)")
+    parser.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE for the benchmark's engine")
+    parser.add_argument("--skip-transformers", action="store_true", help="measure vLLM batched and naive only")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -149,6 +154,8 @@ def main() -> None:
     for r in results:
         naive = r["naive_vllm"]["episodes_per_s"]
         for label in ("vllm_batched", "transformers_batched", "naive_vllm"):
+            if label not in r:
+                continue
             m = r[label]
             print(f"| {r['model']} | {label.replace('_', ' ')} | {m['wall_s']:.1f} | {m['episodes_per_s']:.2f} | "
                   f"{m['gen_tokens_per_s']:.0f} | {m['generate_s']:.1f} | {m['tools_s']:.2f} | {m['tokenize_s']:.2f} | "
