@@ -126,6 +126,41 @@ def _cmd_ask(args) -> int:
     return 0
 
 
+def _cmd_data(args) -> int:
+    from longvideo_r1.agent.protocol import load_system_template
+    from longvideo_r1.trainer import data
+
+    template = load_system_template(args.system_template)
+    if args.data_command == "rl":
+        print(json.dumps(data.generate_rl(args.corpus, args.store, args.out, args.split, args.data_source,
+                                          args.max_rounds, template)))
+        return 0
+    from longvideo_r1.agent.teacher import HintConfig, make_teacher
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is not set; export "
+                             "the API key in it or leave the option out")
+    teacher = make_teacher(args.teacher, args.endpoint, args.model, api_key,
+                           HintConfig(args.hint_after, args.video_qa_hint_after, args.max_attempts))
+    backend = None
+    if args.video_qa != "none":
+        from longvideo_r1.agent.video_qa import make_video_qa
+
+        options = {}
+        if args.video_qa == "openai":
+            if not args.video_qa_endpoint or not args.video_qa_model:
+                raise InputError("--video-qa openai needs --video-qa-endpoint URL and --video-qa-model NAME")
+            options = {"endpoint": args.video_qa_endpoint, "model": args.video_qa_model}
+        backend = make_video_qa(args.video_qa, **options)
+    summary = data.generate_sft(args.corpus, args.store, teacher, args.out, args.split, args.max_rounds,
+                                args.workers, args.keep_wrong, backend, template, args.sharegpt)
+    print(json.dumps(summary))
+    return 1 if summary["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvr1", description="LongVideo-R1 platform: long-video navigation "
                                      "agents trained with RL on Ray, vLLM and DeepSpeed.")
@@ -214,6 +249,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="models", help="parent folder; each model goes to OUT/NAME (default ./models)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="build only these: tiny-qwen3, smollm2 (default both)")
     p.set_defaults(func=_cmd_models_prepare)
+
+    data = sub.add_parser("data", help="training data: SFT trajectories from a teacher, verl RL rows").add_subparsers(
+        dest="data_command", required=True)
+    p = data.add_parser("sft", help="play a teacher on every question of a split and write the trajectories "
+                        "as JSON lines (resumable: questions already in --out are skipped)")
+    p.add_argument("--corpus", required=True, help="corpus folder (questions.jsonl, splits.json, videos/)")
+    p.add_argument("--store", required=True, help="caption store holding the corpus videos")
+    p.add_argument("--teacher", choices=["oracle", "openai"], default="oracle",
+                   help="oracle (walks to the clues, truth answers) or openai (a chat model, hinted after a "
+                   "wrong answer; needs --endpoint and --model) (default oracle)")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL of the teacher model (--teacher openai)")
+    p.add_argument("--model", help="teacher model name at --endpoint")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the teacher's API key "
+                   "(default: OPENAI_API_KEY if set)")
+    p.add_argument("--split", default="train", help="corpus split (default train)")
+    p.add_argument("--max-rounds", type=int, default=15, help="rounds per episode, as in RL rollouts (default 15)")
+    p.add_argument("--workers", type=int, default=1, help="questions played at once (default 1)")
+    p.add_argument("--keep-wrong", action="store_true",
+                   help="also keep trajectories that end wrong, unanswered or mention a hint")
+    p.add_argument("--hint-after", type=int, default=1, help="wrong answers before the segment hint (default 1)")
+    p.add_argument("--video-qa-hint-after", type=int, default=2,
+                   help="wrong answers before the hint to use video_qa (default 2)")
+    p.add_argument("--max-attempts", type=int, default=3, help="answers before the teacher gives up (default 3)")
+    p.add_argument("--video-qa", choices=["offline", "openai", "none"], default="offline",
+                   help="video_qa backend of the episodes (default offline)")
+    p.add_argument("--video-qa-endpoint", help="OpenAI-compatible base URL of the vision-language model")
+    p.add_argument("--video-qa-model", help="model name at --video-qa-endpoint")
+    p.add_argument("--system-template", help="system prompt template file with {width} (default: ours)")
+    p.add_argument("--out", required=True, help="JSONL file of trajectories (appended to)")
+    p.add_argument("--sharegpt", help="also write LLaMA-Factory sharegpt JSON here, with dataset_info.json beside it")
+    p.set_defaults(func=_cmd_data)
+
+    p = data.add_parser("rl", help="write one verl RL row per question of a split (Parquet)")
+    p.add_argument("--corpus", required=True, help="corpus folder (questions.jsonl, splits.json, videos/)")
+    p.add_argument("--store", required=True, help="caption store holding the corpus videos")
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.add_argument("--split", default="train", help="corpus split (default train)")
+    p.add_argument("--data-source", help="data_source of every row (default: each question's own, lvr1_demo "
+                   "for the demo corpus)")
+    p.add_argument("--max-rounds", type=int, default=15, help="round limit named in the system prompt (default 15)")
+    p.add_argument("--system-template", help="system prompt template file with {width} (default: ours)")
+    p.set_defaults(func=_cmd_data)
     return parser
 
 

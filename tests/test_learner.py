@@ -1,0 +1,281 @@
+"""The DeepSpeed learner on Ray (gloo here): numerically right, resumable, exportable, syncable.
+
+Every learner runs in Ray actors (one process per rank), as it does in the platform; the pytest
+process itself never initialises torch.distributed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from longvideo_r1.errors import InputError
+from longvideo_r1.trainer.group import LearnerGroup, deal, micro_batches, totals
+from longvideo_r1.trainer.learner import Learner, LearnerConfig, lr_factor
+
+pytestmark = pytest.mark.slow
+
+
+def sft_batch(seed: int = 0, rows: int = 6, width: int = 40) -> dict:
+    """Right-padded rows of uneven length; the loss mask has holes like observation blocks."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 3000, (rows, width), generator=g)
+    attn = torch.zeros_like(ids)
+    loss = torch.zeros_like(ids)
+    for r in range(rows):
+        n = int(torch.randint(width // 2, width + 1, (1,), generator=g))
+        attn[r, :n] = 1
+        loss[r, 8:n] = 1
+        loss[r, 14:18] = 0          # an observation block inside the response
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss * attn}
+
+
+def config(model, **kw) -> LearnerConfig:
+    base = dict(model=str(model), lr=1e-3, grad_clip=1.0, micro_batch_tokens=4096, seed=0)
+    base.update(kw)
+    return LearnerConfig(**base)
+
+
+def plain_pytorch_losses(model_dir, batches, lr, clip):
+    """The same SFT update written as a plain PyTorch loop: token-mean CE, AdamW, norm clipping."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for batch in batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        mask = batch["loss_mask"][:, 1:].float()
+        loss = -(lp * mask).sum() / mask.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, dict(model.named_parameters())
+
+
+def assert_same_weights(actual, expected, lr=1e-3):
+    """Equal up to float noise. Adam divides by sqrt(v): where a gradient is ~1e-9 (embedding rows of
+    unseen tokens) summation-order noise can flip the update's size, so a handful of elements may
+    differ by up to one learning rate; everything else must agree to 2e-5."""
+    diff = (actual.float() - expected.detach().float()).abs()
+    assert diff.max() <= lr
+    assert (diff > 2e-5).float().mean() < 1e-5
+
+
+def weights(group) -> dict:
+    return dict(ray.get(group.publish_weights()))
+
+
+def test_sft_equals_plain_pytorch_for_any_split_into_micro_batches_and_ranks(ray_local, tiny_qwen3_dir):
+    batches = [sft_batch(s) for s in range(3)]
+    expected, reference = plain_pytorch_losses(tiny_qwen3_dir, batches, 1e-3, 1.0)
+
+    one = LearnerGroup(config(tiny_qwen3_dir), num_workers=1)
+    whole = [one.sft_step(b) for b in batches]
+    one_weights = weights(one)
+    one.shutdown()
+    # two gloo ranks, each taking several small micro-batches (gradient accumulation)
+    two = LearnerGroup(config(tiny_qwen3_dir, micro_batch_tokens=60), num_workers=2)
+    split = [two.sft_step(b) for b in batches]
+    two_weights = weights(two)
+    two.shutdown()
+
+    assert [s["loss"] for s in whole] == pytest.approx(expected, rel=1e-5)
+    assert [s["loss"] for s in split] == pytest.approx(expected, rel=1e-5)
+    assert all(s["grad_norm"] > 0 for s in whole)
+    assert [s["grad_norm"] for s in split] == pytest.approx([s["grad_norm"] for s in whole], rel=1e-4)
+    assert expected[-1] < expected[0]
+    for name, param in reference.items():
+        assert_same_weights(one_weights[name], param)
+        assert_same_weights(two_weights[name], param)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stages_train_the_same_and_export_full_weights(ray_local, tiny_qwen3_dir, tmp_path, stage):
+    batches = [sft_batch(s) for s in range(2)]
+    expected, reference = plain_pytorch_losses(tiny_qwen3_dir, batches, 1e-3, 1.0)
+    group = LearnerGroup(config(tiny_qwen3_dir, zero_stage=stage, micro_batch_tokens=100), num_workers=2)
+    losses = [group.sft_step(b)["loss"] for b in batches]
+    assert losses == pytest.approx(expected, rel=1e-5)
+    published = weights(group)
+    out = group.export(str(tmp_path / "export"))
+    group.shutdown()
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    for name, param in reference.items():
+        assert published[name].shape == param.shape            # gathered, not a ZeRO-3 shard
+        assert_same_weights(published[name], param)
+        assert_same_weights(dict(exported.named_parameters())[name], param)
+
+
+def test_resume_continues_with_the_same_losses(ray_local, tiny_qwen3_dir, tmp_path):
+    cfg = config(tiny_qwen3_dir, warmup_steps=1, schedule="cosine", total_steps=4, micro_batch_tokens=100)
+    batches = [sft_batch(10 + s) for s in range(4)]
+
+    straight = LearnerGroup(cfg)
+    full = [straight.sft_step(b) for b in batches]
+    straight.shutdown()
+
+    first = LearnerGroup(cfg)
+    for b in batches[:2]:
+        first.sft_step(b)
+    first.save(str(tmp_path / "ckpt"), {"position": 2})
+    first.shutdown()                               # the learner process is gone
+    resumed = LearnerGroup(cfg)
+    state = resumed.load(str(tmp_path / "ckpt"))
+    assert state == {"position": 2} and resumed.step == 2
+    rest = [resumed.sft_step(b) for b in batches[state["position"]:]]
+    resumed.shutdown()
+    assert [s["loss"] for s in rest] == [s["loss"] for s in full[2:]]
+    assert [s["lr"] for s in rest] == [s["lr"] for s in full[2:]]
+    assert [s["lr"] for s in full] == pytest.approx([1e-3 * lr_factor(i, cfg) for i in range(4)])
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(ray_local, tiny_qwen3_dir, tmp_path):
+    group = LearnerGroup(config(tiny_qwen3_dir))
+    try:
+        with pytest.raises(InputError, match="nothing to resume"):
+            try:
+                group.load(str(tmp_path / "none"))
+            except ray.exceptions.RayTaskError as exc:
+                raise exc.as_instanceof_cause() from None
+    finally:
+        group.shutdown()
+
+
+def rl_batch(seed=0, rows=4):
+    b = sft_batch(seed, rows=rows)
+    b["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5][:rows])[:, None] * b["loss_mask"].float()
+    return b
+
+
+def test_rl_step_moves_probability_towards_positive_advantages_with_kl_and_entropy(ray_local, tiny_qwen3_dir):
+    cfg = config(tiny_qwen3_dir, lr=3e-3, kl_coef=0.1, kl_kind="k3", entropy_coef=0.01, micro_batch_tokens=80)
+    group = LearnerGroup(cfg)
+    batch = rl_batch()
+    before = group.compute(batch, "logprobs")
+    ref = group.compute(batch, "ref_logprobs")
+    torch.testing.assert_close(ref, before)                 # the reference is the starting policy
+    assert (before[batch["loss_mask"] == 0] == 0).all()
+    stats = []
+    for _ in range(3):
+        batch["old_logprobs"] = before
+        batch["ref_logprobs"] = ref
+        stats.append(group.rl_step(batch))
+    after = group.compute(batch, "logprobs")
+    group.shutdown()
+    mask = batch["loss_mask"].bool()
+    gain = ((after - before) * mask).sum(-1) / mask.sum(-1)
+    assert gain[0] > 0 and gain[2] > 0 and gain[1] < 0 and gain[3] < 0
+    # first step: ratio 1, so the token-mean policy loss is minus the mean advantage and KL is 0
+    adv = batch["advantages"][mask]
+    assert stats[0]["policy_loss"] == pytest.approx(-adv.mean().item(), abs=1e-5)
+    assert stats[0]["kl"] == pytest.approx(0.0, abs=1e-7) and stats[0]["clipfrac"] == 0.0
+    assert stats[-1]["kl"] > 0 and stats[-1]["clipfrac"] > 0 and stats[-1]["entropy"] > 0
+    for key in ("loss", "grad_norm", "lr", "approx_kl", "tokens"):
+        assert key in stats[-1]
+
+
+def test_ppo_value_head_learns_the_returns(ray_local, tiny_qwen3_dir):
+    group = LearnerGroup(config(tiny_qwen3_dir, value_head=True, lr=1e-2, value_clip=10.0))
+    batch = rl_batch(seed=3)
+    batch["old_logprobs"] = group.compute(batch, "logprobs")
+    batch["advantages"] = torch.zeros_like(batch["old_logprobs"])
+    batch["returns"] = 0.7 * batch["loss_mask"].float()
+    values = group.compute(batch, "values")
+    assert (values == 0).all()                                # zero-initialised head
+    losses = []
+    for _ in range(4):
+        batch["old_values"] = group.compute(batch, "values")
+        losses.append(group.rl_step(batch)["value_loss"])
+    with pytest.raises(InputError, match="lacks returns, old_values"):
+        group.rl_step({k: batch[k] for k in ("input_ids", "attention_mask", "loss_mask", "advantages", "old_logprobs")})
+    published = dict(ray.get(group.publish_weights()))
+    group.shutdown()
+    assert losses[-1] < losses[0]
+    # the value head is not a language-model weight: it stays out of the published weights
+    assert published and not any("value_head" in name for name in published)
+
+
+def test_published_weights_update_a_rollout_engine(ray_local, tiny_qwen3_dir):
+    from longvideo_r1.rollout.engine import HFEngine
+
+    group = LearnerGroup(config(tiny_qwen3_dir, lr=1e-2))
+    batch = sft_batch(5)
+    group.sft_step(batch)
+    ref = group.publish_weights()          # owned by the learner: valid while the group lives
+    logprobs = group.compute(batch, "logprobs")
+    published = ray.get(ref)
+    group.shutdown()
+    engine = HFEngine(str(tiny_qwen3_dir))
+    engine.update_weights(published, version=1)
+    assert engine.version == 1
+    state = dict(published)
+    assert not any(name.startswith("value_head") for name in state)
+    with torch.no_grad():
+        logits = engine.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    mask = batch["loss_mask"][:, 1:].bool()
+    torch.testing.assert_close(lp[mask], logprobs[:, 1:][mask], atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_learner_trains(ray_local, tiny_qwen3_dir):
+    group = LearnerGroup(config(tiny_qwen3_dir, dtype="bf16", zero_stage=1))
+    losses = [group.sft_step(sft_batch(7))["loss"] for _ in range(3)]
+    state = dict(ray.get(group.publish_weights()))
+    group.shutdown()
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert next(iter(state.values())).dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_micro_batches_cover_every_row_once_within_the_budget():
+    batch = sft_batch(1, rows=9)
+    pieces = micro_batches(batch, 70)
+    rows = sorted(r for idx, _ in pieces for r in idx)
+    assert rows == list(range(9))
+    lengths = batch["attention_mask"].sum(-1)
+    for idx, mb in pieces:
+        assert mb["input_ids"].shape[1] == int(lengths[idx].max())
+        assert len(idx) == 1 or mb["input_ids"].numel() <= 70
+        torch.testing.assert_close(mb["loss_mask"], batch["loss_mask"][idx, : mb["input_ids"].shape[1]])
+    shares = deal(pieces, 2)
+    assert sorted(len(s) for s in shares) and sum(len(s) for s in shares) == len(pieces)
+    assert totals(batch)["tokens"] == int(batch["loss_mask"].sum())
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batch_shares_add_up_to_the_global_aggregate(mode):
+    from longvideo_r1.trainer import algos
+
+    batch = sft_batch(2, rows=7)
+    values = torch.randn(batch["loss_mask"].shape, generator=torch.Generator().manual_seed(0))
+    norm = totals(batch)
+    whole = Learner._partial(values, batch["loss_mask"].float(), norm, mode)
+    parts = sum(Learner._partial(values[idx, : mb["input_ids"].shape[1]], mb["loss_mask"].float(), norm, mode)
+                for idx, mb in micro_batches(batch, 50))
+    torch.testing.assert_close(parts, whole)
+    mask = batch["loss_mask"].float()
+    cols = mask.any(0).nonzero().flatten()
+    window = slice(int(cols.min()), int(cols.max()) + 1)
+    expected = algos.agg_loss(values[:, window], mask[:, window], mode)
+    torch.testing.assert_close(whole, expected)
+
+
+def test_bad_learner_configs_are_named(tmp_path):
+    from longvideo_r1.trainer.learner import _check
+
+    with pytest.raises(InputError, match="no model given"):
+        _check(LearnerConfig())
+    with pytest.raises(InputError, match="no config.json"):
+        _check(LearnerConfig(model=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="zero_stage=4"):
+        _check(LearnerConfig(model=str(tmp_path), zero_stage=4))
+    with pytest.raises(InputError, match="loss_agg"):
+        _check(LearnerConfig(model=str(tmp_path), loss_agg="mean"))
