@@ -7,6 +7,7 @@ one line (``lvr1: error: …``) with exit status 2; nothing the user typed ends 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -291,7 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rounds", type=int, default=15, help="round limit named in the system prompt (default 15)")
     p.add_argument("--system-template", help="system prompt template file with {width} (default: ours)")
     p.set_defaults(func=_cmd_data)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return parser
+
+
+# Subcommand groups that live in their own room: each module defines ``add_commands(sub)`` (adding
+# parsers with ``set_defaults(func=handler)``) and keeps its top-level imports light.
+COMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 def main(argv: list[str] | None = None) -> int:
