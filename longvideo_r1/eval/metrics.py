@@ -56,3 +56,66 @@ def timed_run(policy, questions, tools, config=None) -> tuple[list[Episode], flo
     t0 = time.perf_counter()
     episodes = run_questions(policy, questions, tools, config)
     return episodes, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- per-question records (lvr1 eval)
+
+def visited_fraction(visited_ids, width: int, duration: float) -> float:
+    """Length of the union of the get_caption segments' time ranges over the video's duration."""
+    if not duration:
+        return 0.0
+    spans = [tree.segment_interval(tuple(ids), width, duration) for ids in visited_ids]
+    return total_length(union_intervals(spans)) / duration
+
+
+def localisation(visited_ids, width: int, duration: float, clue_intervals,
+                 gap: float = RewardConfig.clue_merge_gap) -> tuple[float, float, float] | None:
+    """``(coverage, precision, F1)`` of the visited segments against the merged clues; None without clues."""
+    if not clue_intervals:
+        return None
+    spans = [tree.segment_interval(tuple(ids), width, duration) for ids in visited_ids]
+    return localisation_f1(spans, merge_clues([tuple(c) for c in clue_intervals], gap))
+
+
+def summarize_records(records: list[dict]) -> dict:
+    """Means over the result lines of one policy (``lvr1 eval`` JSONL records).
+
+    Accuracy counts a missing answer as wrong; a question with several task types counts toward
+    each. F1 is averaged over the questions that have clue intervals (``f1_questions`` of them),
+    reward over the questions that have one; model seconds follow the paper (policy + video_qa
+    compute time per question).
+    """
+    n = len(records)
+    if n == 0:
+        return {"questions": 0}
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    per_task = defaultdict(list)
+    for r in records:
+        for task in r.get("task_types") or [r.get("task_type") or "all"]:
+            per_task[task].append(bool(r.get("correct")))
+    calls = [r["calls"] for r in records]
+    costs = [r["costs"] for r in records]
+    f1s = [r.get("f1") for r in records]
+    return {
+        "questions": n,
+        "answered": mean([r.get("answer") is not None for r in records]),
+        "accuracy": mean([bool(r.get("correct")) for r in records if r.get("correct") is not None]),
+        "accuracy_per_task": {k: mean(v) for k, v in sorted(per_task.items())},
+        "questions_per_task": {k: len(v) for k, v in sorted(per_task.items())},
+        "rounds": mean([r["rounds"] for r in records]),
+        "get_caption_calls": mean([c["get_caption"] for c in calls]),
+        "video_qa_calls": mean([c["video_qa"] for c in calls]),
+        "calls": mean([c["get_caption"] + c["video_qa"] for c in calls]),
+        "invalid_rounds": mean([c.get("invalid", 0) for c in calls]),
+        "visited_fraction": mean([r.get("visited_fraction") for r in records]),
+        "f1": mean(f1s),
+        "f1_questions": sum(1 for f in f1s if f is not None),
+        "reward": mean([r.get("reward") for r in records]),
+        "model_seconds": mean([c["model_seconds"] for c in costs]),
+        "policy_seconds": mean([c["policy_seconds"] for c in costs]),
+        "video_qa_seconds": mean([c["video_qa_seconds"] for c in costs]),
+    }

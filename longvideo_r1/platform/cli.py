@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommand groups that live in their own room: each module defines ``add_commands(sub)`` (adding
 # parsers with ``set_defaults(func=handler)``) and keeps its top-level imports light.
 COMMAND_MODULES: tuple[str, ...] = (
+    "longvideo_r1.platform.runs",
+    "longvideo_r1.cluster.commands",
+    "longvideo_r1.eval.commands",
 )
 
 

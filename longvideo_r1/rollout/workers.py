@@ -163,9 +163,13 @@ class RolloutPool:
         idle.append(replacement)
 
     def update_weights(self, named_tensors, version: int) -> None:
-        """Push new weights to every worker (one copy in the object store); returns when all have them."""
+        """Push new weights to every worker (one copy in the object store); returns when all have them.
+
+        ``named_tensors``: ``(name, tensor)`` pairs, or an ObjectRef of such a list already in the
+        object store (what the learner group publishes: the weights never pass through the driver).
+        """
         t0 = time.perf_counter()
-        ref = ray.put(list(named_tensors))
+        ref = named_tensors if isinstance(named_tensors, ray.ObjectRef) else ray.put(list(named_tensors))
         self._weights = (ref, version)
         versions = ray.get([w.update_weights.remote(ref, version) for w in self.workers])
         log.info("weights v%d pushed to %d workers in %.2f s", version, len(versions), time.perf_counter() - t0)

@@ -1,0 +1,63 @@
+"""``lvr1 eval``: several navigators side by side on a benchmark, resumable, with a report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+
+def _cmd_eval(args) -> int:
+    from longvideo_r1.eval.benchmarks import load_benchmark
+    from longvideo_r1.eval.report import write_report
+    from longvideo_r1.eval.runner import EvalConfig, parse_policy, run_eval
+
+    benchmark = load_benchmark(args.benchmark, args.format, args.split)
+    policies = [parse_policy(p) for p in args.policy]
+    video_qa_options = {}
+    if args.video_qa == "openai":
+        video_qa_options = {"endpoint": args.video_qa_endpoint, "model": args.video_qa_model}
+    config = EvalConfig(max_rounds=args.max_rounds, workers=args.workers, limit=args.limit,
+                        video_qa=args.video_qa, video_qa_options=video_qa_options)
+    out = args.out or f"runs/eval/{benchmark.name}"
+    # Keep stdout pure JSON: loading a local model can make DeepSpeed print on stdout.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = run_eval(benchmark, args.store, policies, out, config)
+        if not args.no_report:
+            report = write_report(out)
+            summary["report"] = str(report["report"])
+            summary["plots"] = {k: str(v) for k, v in report["plots"].items()}
+    print(json.dumps(summary, indent=1))
+    return 1 if summary["failed"] else 0
+
+
+def add_commands(sub) -> None:
+    from longvideo_r1.agent.episode import EpisodeConfig
+
+    p = sub.add_parser(
+        "eval", help="evaluate navigators on a benchmark (LVBench, Video-MME, MLVU, CG-Bench, demo): accuracy, "
+        "cost, localisation; resumable; writes report.md and plots",
+        description="Play every question of a benchmark with each --policy (episodes on --workers threads) and "
+        "append one JSON line per finished question to OUT/<label>.jsonl; a rerun plays only the questions "
+        "not yet there. Then write OUT/report.md and PNG plots. Prints a JSON summary.")
+    p.add_argument("--policy", action="append", required=True, metavar="[LABEL=]SPEC",
+                   help="exhaustive, random, retrieval, oracle, openai:MODEL@URL or local:CHECKPOINT_DIR, "
+                   "optionally labelled (mine=openai:r1@http://127.0.0.1:8000/v1); repeat for several")
+    p.add_argument("--benchmark", required=True, metavar="FILE",
+                   help="question file (.jsonl, .json, .parquet) or a folder of them (a corpus folder: its "
+                   "questions.jsonl)")
+    p.add_argument("--store", required=True, help="caption store holding every benchmark video")
+    p.add_argument("--format", default="auto", help="auto (from the fields), demo, lvbench, videomme, mlvu or "
+                   "cgbench (default auto)")
+    p.add_argument("--split", help="demo: a corpus split (default test); videomme: short, medium or long "
+                   "(default long); 'all' for every question")
+    p.add_argument("--max-rounds", type=int, default=EpisodeConfig.max_rounds,
+                   help=f"round limit per episode (default {EpisodeConfig.max_rounds})")
+    p.add_argument("--workers", type=int, default=1, help="episodes played at once (default 1)")
+    p.add_argument("--out", help="results folder (default runs/eval/<benchmark name>)")
+    p.add_argument("--limit", type=int, help="only the first N questions (a later run without it plays the rest)")
+    p.add_argument("--video-qa", default="offline", help="video_qa backend: offline, openai or none (default offline)")
+    p.add_argument("--video-qa-endpoint", help="OpenAI-compatible base URL of the vision-language model")
+    p.add_argument("--video-qa-model", help="model name at --video-qa-endpoint")
+    p.add_argument("--no-report", action="store_true", help="write the result files only")
+    p.set_defaults(func=_cmd_eval)
