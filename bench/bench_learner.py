@@ -33,9 +33,12 @@ import time
 from pathlib import Path
 
 APPROACHES = ("learner-zero0", "learner-zero2", "plain")
-# padded tokens per micro-batch and micro-batches per step, per model (SmolLM2 is ~135M parameters:
-# about one trajectory per micro-batch keeps a step near 10 s on 2 cores)
-DEFAULTS = {"tiny-qwen3": (4096, 4), "smollm2": (4096, 2)}
+# Per model: padded tokens per micro-batch, micro-batches per step, timed steps, approaches. A demo
+# trajectory is 1.4k-3.9k tokens, so a 2,048-token budget is one trajectory per micro-batch. SmolLM2
+# (~135M parameters) runs ~50 tokens/s forward+backward on 2 idle cores: one trajectory per step,
+# 3 steps, ZeRO-2 only on request, keep the default run near 6 minutes.
+DEFAULTS = {"tiny-qwen3": {"budget": 2048, "per_step": 2, "steps": 4, "approaches": APPROACHES},
+            "smollm2": {"budget": 2048, "per_step": 1, "steps": 3, "approaches": ("learner-zero0", "plain")}}
 
 
 def machine() -> str:
@@ -47,6 +50,11 @@ def machine() -> str:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB on Linux
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def make_data(args) -> str:
@@ -144,10 +152,9 @@ def run_one(model_name: str, approach: str, args) -> dict:
     from longvideo_r1.models import prepare_models
 
     model_dir = prepare_models(args.models_dir, [model_name])[model_name]
-    budget, per_step = DEFAULTS[model_name]
-    budget = args.micro_batch_tokens or budget
-    per_step = args.micro_per_step or per_step
-    steps, info = steps_of(model_dir, args.data, budget, per_step, args.steps)
+    budget = args.micro_batch_tokens or DEFAULTS[model_name]["budget"]
+    per_step = args.micro_per_step or DEFAULTS[model_name]["per_step"]
+    steps, info = steps_of(model_dir, args.data, budget, per_step, args.steps or DEFAULTS[model_name]["steps"])
     t = time.perf_counter()
     if approach == "plain":
         step = plain_loop(model_dir, args.lr, args.clip)
@@ -159,6 +166,7 @@ def run_one(model_name: str, approach: str, args) -> dict:
     warm_loss, _ = step(steps[0])
     warm_s = time.perf_counter() - t
     losses, norms, seconds = [], [], []
+    load_before, cpu_before = os.getloadavg()[0], cpu_seconds()
     for mb in steps[1:]:
         t = time.perf_counter()
         loss, norm = step(mb)
@@ -168,6 +176,7 @@ def run_one(model_name: str, approach: str, args) -> dict:
         print(f"  {model_name} {approach}: step {len(seconds)} {seconds[-1]:.1f} s loss {loss:.4f}",
               file=sys.stderr, flush=True)
     wall = sum(seconds)
+    cpu = cpu_seconds() - cpu_before
     trained = sum(trained_tokens(s) for s in steps[1:])
     total = sum(int(mb["attention_mask"].sum()) for s in steps[1:] for mb in s)
     padded = sum(int(mb["attention_mask"].numel()) for s in steps[1:] for mb in s)
@@ -175,6 +184,8 @@ def run_one(model_name: str, approach: str, args) -> dict:
             "micro_batch_tokens": budget, "threads": torch.get_num_threads(), "load_s": load_s, "warmup_s": warm_s,
             "wall_s": wall, "s_per_step": wall / len(seconds), "trained_tokens": trained, "total_tokens": total,
             "padded_tokens": padded, "trained_tokens_per_s": trained / wall, "total_tokens_per_s": total / wall,
+            "cpu_s": cpu, "trained_tokens_per_cpu_s": trained / cpu,
+            "load_average": [load_before, os.getloadavg()[0]],
             "peak_rss_mib": peak_rss_mib(), "rss_after_load_mib": rss_loaded, "warmup_loss": warm_loss,
             "losses": losses, "grad_norms": norms, **info}
 
@@ -182,15 +193,18 @@ def run_one(model_name: str, approach: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny-qwen3", "smollm2"])
-    parser.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=APPROACHES)
+    parser.add_argument("--approaches", nargs="+", choices=APPROACHES,
+                        help="default per model: " + "; ".join(f"{k} {' '.join(v['approaches'])}"
+                                                               for k, v in DEFAULTS.items()))
     parser.add_argument("--models-dir", default="runs/models")
     parser.add_argument("--run", default="runs/demo-cpu", help="main-job folder with corpus/ and store/")
     parser.add_argument("--data", help="SFT JSONL (lvr1 data sft); default: oracle trajectories made in a temp file")
-    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps after one warm-up step")
-    parser.add_argument("--micro-batch-tokens", type=int, help="padded tokens per micro-batch (default per model: "
-                        + ", ".join(f"{k} {v[0]}" for k, v in DEFAULTS.items()) + ")")
-    parser.add_argument("--micro-per-step", type=int, help="micro-batches per optimizer step (default per model: "
-                        + ", ".join(f"{k} {v[1]}" for k, v in DEFAULTS.items()) + ")")
+    def per_model(key):
+        return "(default per model: " + ", ".join(f"{k} {v[key]}" for k, v in DEFAULTS.items()) + ")"
+
+    parser.add_argument("--steps", type=int, help="timed optimizer steps after one warm-up step " + per_model("steps"))
+    parser.add_argument("--micro-batch-tokens", type=int, help="padded tokens per micro-batch " + per_model("budget"))
+    parser.add_argument("--micro-per-step", type=int, help="micro-batches per optimizer step " + per_model("per_step"))
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
@@ -203,9 +217,11 @@ def main() -> None:
     args.data = make_data(args)
     results = []
     for name in args.models:
-        for approach in args.approaches:
-            cmd = [sys.executable, __file__, "--one", name, approach, "--data", args.data, "--steps", str(args.steps),
+        for approach in args.approaches or DEFAULTS[name]["approaches"]:
+            cmd = [sys.executable, __file__, "--one", name, approach, "--data", args.data,
                    "--models-dir", args.models_dir, "--lr", str(args.lr), "--clip", str(args.clip)]
+            if args.steps:
+                cmd += ["--steps", str(args.steps)]
             if args.micro_batch_tokens:
                 cmd += ["--micro-batch-tokens", str(args.micro_batch_tokens)]
             if args.micro_per_step:
@@ -222,24 +238,32 @@ def main() -> None:
     if not results:
         raise SystemExit("no approach finished")
     first = results[0]
-    print(f"\n## Learner (SFT) throughput ({first['steps']} timed steps after 1 warm-up, float32, lr {args.lr}, "
+    print(f"\n## Learner (SFT) throughput (timed steps after 1 warm-up step, float32, lr {args.lr}, "
           f"clip {args.clip})\n")
     print(f"machine: {header}; torch threads {first['threads']}\n")
-    print(f"data: {first['trajectories']} oracle SFT trajectories ({args.data}), mean "
-          f"{first['mean_tokens']:.0f} tokens, {100 * first['trained_fraction']:.0f}% of them trained (assistant "
-          "turns); micro-batches from `sft_batches` (seed 0), identical for every approach of a model\n")
-    print("| model | approach | micro-batches × tokens | trained tokens/s | total tokens/s | s/step | "
-          "peak RSS MiB | loss (first → last) | vs plain |")
-    print("|---|---|---|---:|---:|---:|---:|---|---:|")
+    print(f"data: {first['trajectories']} SFT trajectories ({args.data}); micro-batches from `sft_batches` "
+          "(seed 0), identical for every approach of a model; per tokenizer:")
+    for name in dict.fromkeys(r["model"] for r in results):
+        r = next(r for r in results if r["model"] == name)
+        print(f"- {name}: mean {r['mean_tokens']:.0f} tokens per trajectory, {100 * r['trained_fraction']:.0f}% "
+              "of them trained (assistant turns)")
+    print()
+    print("| model | approach | steps × micro-batches × tokens | trained tokens/s | total tokens/s | s/step | "
+          "trained tokens per CPU-s | peak RSS MiB | load avg | loss (first → last) | vs plain |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|---|---:|")
     for r in results:
         plain = next((p for p in results if p["model"] == r["model"] and p["approach"] == "plain"), None)
         ratio = f"{r['trained_tokens_per_s'] / plain['trained_tokens_per_s']:.2f}×" if plain else "–"
         label = {"plain": "plain PyTorch (full logits)", "learner-zero0": "learner ZeRO-0",
                  "learner-zero2": "learner ZeRO-2"}[r["approach"]]
-        print(f"| {r['model']} | {label} | {r['micro_per_step']} × ≤{r['micro_batch_tokens']} | "
-              f"{r['trained_tokens_per_s']:,.0f} | {r['total_tokens_per_s']:,.0f} | {r['s_per_step']:.2f} | "
-              f"{r['peak_rss_mib']:,.0f} | {r['losses'][0]:.4f} → {r['losses'][-1]:.4f} | {ratio} |")
-    print("\nvs plain = trained tokens/s of the approach / those of the plain loop (target: ≥ 1.0×).")
+        print(f"| {r['model']} | {label} | {r['steps']} × {r['micro_per_step']} × ≤{r['micro_batch_tokens']} | "
+              f"{r['trained_tokens_per_s']:,.1f} | {r['total_tokens_per_s']:,.0f} | {r['s_per_step']:.2f} | "
+              f"{r['trained_tokens_per_cpu_s']:,.1f} | {r['peak_rss_mib']:,.0f} | "
+              f"{r['load_average'][0]:.1f}–{r['load_average'][1]:.1f} | "
+              f"{r['losses'][0]:.4f} → {r['losses'][-1]:.4f} | {ratio} |")
+    print("\nvs plain = trained tokens/s of the approach / those of the plain loop (target: ≥ 1.0×). "
+          "Trained tokens per CPU-second (the process's user + system time over the timed steps) is less "
+          "sensitive to other load on the machine; the load average (1 min) is at the first and last timed step.")
     print("The plain loop materialises [B, L, V] logits (and their log-softmax and gradients); the learner "
           "projects only the loss-mask positions, in chunks recomputed in the backward pass.")
     for r in results:

@@ -1,4 +1,4 @@
-"""The main job end to end on a small demo: corpus -> offline captions -> store -> summary; reruns resume."""
+"""The main job end to end on a small demo: corpus → captions → SFT data → SFT → RL → eval; reruns resume."""
 
 import json
 import subprocess
@@ -13,25 +13,54 @@ from longvideo_r1.platform.config import load_config
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 
 
-def run_pipeline(out, *extra):
-    cmd = [sys.executable, "-m", "longvideo_r1.platform.cli", "pipeline", "--config", str(DEMO_CONFIG),
-           "--set", "corpus.videos=2", "--set", "corpus.minutes=2", "--set", f"output_dir={out}", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+SMALL = ["corpus.videos=2", "corpus.minutes=2", "sft.epochs=1", "rl.steps=2", "rl.questions_per_step=2", "rl.n=2",
+         "rl.max_turns=3", "rl.max_turn_tokens=24", "rl.val_every=2", "rl.val_questions=2", "rl.save_every=1",
+         "eval.max_rounds=3", "eval.max_turn_tokens=24", "eval.baselines=[random]",
+         "rl.rollout.engine_options={max_model_len: 8192}", "eval.engine_options={max_model_len: 8192}"]
+
+
+def run_pipeline(out, *extra, small=True):
+    sets = [a for kv in (SMALL if small else []) + [f"output_dir={out}", *extra] for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "longvideo_r1.platform.cli", "pipeline", "--config", str(DEMO_CONFIG), *sets]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
 
 
 @pytest.mark.slow
-def test_pipeline_builds_the_demo_store_and_a_rerun_skips_every_stage(tmp_path):
-    first = run_pipeline(tmp_path / "run")
-    assert first.returncode == 0, first.stderr
-    summary = json.loads(first.stdout)
-    assert summary["videos"] == 2 and summary["questions"] > 0
-    assert sum(summary["captions_per_level"].values()) == CaptionStore(tmp_path / "run" / "store").stats()["captions"]
-    assert set(summary["questions_per_split"]) <= {"train", "val", "test"}
+def test_the_demo_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path):
+    import mlflow
 
-    second = run_pipeline(tmp_path / "run")
-    assert second.returncode == 0, second.stderr
+    out = tmp_path / "run"
+    first = run_pipeline(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["videos"] == 2 and summary["questions"] > 0
+    assert sum(summary["captions_per_level"].values()) == CaptionStore(out / "store").stats()["captions"]
+    assert set(summary["questions_per_split"]) <= {"train", "val", "test"}
+    for stage in ("corpus", "captions", "model", "sft_data", "sft", "rl_data", "rl", "eval"):
+        assert stage in summary["stage_seconds"], stage
+    assert (out / "sft" / "model" / "model.safetensors").is_file()
+    assert (out / "rl" / "model" / "model.safetensors").is_file()
+    assert summary["rl"]["steps"] == 2 and summary["rl"]["reward_first"] is not None
+    labels = set(summary["eval"]["metrics"])
+    assert {"base", "sft", "sft+grpo", "random"} <= labels
+    assert (out / "eval" / "report.md").is_file()
+    # MLflow: one parent run, a finished nested run per stage, per-step RL metrics
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("longvideo-r1").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {"sft", "rl", "eval"} <= set(children) and all(r.info.status == "FINISHED" for r in children.values())
+    assert len(client.get_metric_history(children["rl"].info.run_id, "rollout/reward_mean")) == 2
+    assert client.get_metric_history(children["sft"].info.run_id, "train/loss")
+
+    second = run_pipeline(out)
+    assert second.returncode == 0, second.stderr[-3000:]
     assert "already generated" in second.stderr and "built 0, skipped 2" in second.stderr
-    assert json.loads(second.stdout)["captions_per_level"] == summary["captions_per_level"]
+    again = json.loads((out / "summary.json").read_text())
+    assert again["captions_per_level"] == summary["captions_per_level"]
+    assert again["rl"]["reward_last"] == summary["rl"]["reward_last"]
+    assert again["stage_seconds"]["rl"] < 30 and again["stage_seconds"]["sft"] < 30   # skipped, not retrained
 
 
 def test_the_shipped_demo_config_loads_and_overrides_apply():

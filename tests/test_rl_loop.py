@@ -86,3 +86,31 @@ def test_ppo_step_uses_the_value_head(ray4, rl_data, rollout_tools, tiny_navigat
                        rollout_tools.captions.root, tiny_navigator_dir, tmp_path / "ppo")
     row = summary["history"][-1]
     assert "learner/value_loss" in row and row["learner/value_loss"] > 0
+
+
+def test_a_killed_learner_resumes_from_its_checkpoint_with_the_same_results(ray4, rl_data, rollout_tools,
+                                                                            tiny_navigator_dir, tmp_path):
+    """Greedy rollouts make the run deterministic: an interrupted run (its actors gone after step 1)
+    resumed from the checkpoint gives the same step-2 figures as an uninterrupted run."""
+    config = rl_config(steps=2, temperature=0.0, val_every=0)
+    args = (rl_data / "train.parquet", None, rollout_tools.captions.root, tiny_navigator_dir)
+    straight = train_rl(config, *args, tmp_path / "straight")
+    stopped = train_rl(config, *args, tmp_path / "resumed", stop_after=1)
+    assert stopped["stopped_at"] == 1 and (tmp_path / "resumed" / "checkpoints" / "latest").is_file()
+    resumed = train_rl(config, *args, tmp_path / "resumed")
+    keys = ("rollout/reward_mean", "rollout/response_tokens", "learner/loss", "learner/entropy", "learner/kl")
+    assert [h["step"] for h in resumed["history"]] == [0, 1]
+    for key in keys:
+        assert resumed["history"][1][key] == pytest.approx(straight["history"][1][key], rel=1e-6, abs=1e-9), key
+
+
+def test_a_failing_reward_scorer_is_logged_and_the_step_goes_on(ray4, rl_data, rollout_tools, tiny_navigator_dir,
+                                                                tmp_path):
+    scorer = tmp_path / "broken.py"
+    scorer.write_text("def score(data_source, solution_str, ground_truth, extra_info=None, **kw):\n"
+                      "    raise RuntimeError('scorer exploded')\n")
+    summary = train_rl(rl_config(steps=1, val_every=0, reward_scorer=f"{scorer}:score"), rl_data / "train.parquet",
+                       None, rollout_tools.captions.root, tiny_navigator_dir, tmp_path / "rl")
+    row = summary["history"][-1]
+    assert row["rollout/reward_errors"] == 4 and row["rollout/reward_mean"] == 0.0
+    assert "learner/loss" in row

@@ -107,7 +107,24 @@ def _cmd_pipeline(args) -> int:
     from longvideo_r1.platform.config import load_config
     from longvideo_r1.platform.pipeline import run_pipeline
 
-    run_pipeline(load_config(args.config, args.set))
+    run_pipeline(load_config(args.config, args.set), until=args.until)
+    return 0
+
+
+def _cmd_train(args) -> int:
+    import shutil
+    from pathlib import Path
+
+    from longvideo_r1.platform.config import load_config
+    from longvideo_r1.platform.pipeline import run_pipeline
+
+    config = load_config(args.config, args.set)
+    stage_dir = Path(config.output_dir) / args.stage
+    if not args.resume and stage_dir.exists():
+        shutil.rmtree(stage_dir)      # a fresh start of this stage; earlier stages are kept
+    if args.stage == "rl":
+        config.eval.enabled = False
+    run_pipeline(config, until=args.stage)
     return 0
 
 
@@ -171,7 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (e.g. configs/demo-cpu.yaml); defaults if omitted")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set corpus.videos=2 (repeatable)")
+    p.add_argument("--until", choices=["corpus", "captions", "model", "sft_data", "sft", "rl_data", "rl", "eval"],
+                   help="stop after this stage (default: run them all)")
     p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("train", help="train one stage (sft or rl) of a config's pipeline; the stages before "
+                       "it run (or are skipped) first")
+    p.add_argument("stage", choices=["sft", "rl"])
+    p.add_argument("--config", help="YAML config (e.g. configs/demo-cpu.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the stage's last checkpoint (default); --no-resume starts it afresh")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("ask", help="answer one question about one video and show how the agent found it")
     p.add_argument("--video", required=True, help="video file (an .srt beside it is used)")
@@ -306,8 +334,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def _setup_logging() -> None:
+    """Structured progress lines on stderr: time, room (logger), level, message (step, role, worker)."""
+    import logging
+
+    root = logging.getLogger("longvideo_r1")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(os.environ.get("LVR1_LOG_LEVEL", "INFO"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging()
     try:
         return args.func(args)
     except InputError as exc:

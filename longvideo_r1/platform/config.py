@@ -16,6 +16,9 @@ from pathlib import Path
 import yaml
 
 from longvideo_r1.errors import InputError
+from longvideo_r1.platform.rl_loop import RLConfig
+from longvideo_r1.platform.tracking import TrackingConfig
+from longvideo_r1.trainer.sft import SFTConfig
 
 
 @dataclass
@@ -49,15 +52,65 @@ class CaptionsConfig:
 
 
 @dataclass
+class DataConfig:
+    """Training data: SFT trajectories from a teacher (`lvr1 data sft`) and verl RL rows (`lvr1 data rl`)."""
+
+    teacher: str = "oracle"
+    """oracle (walks to the clue intervals) or openai (a served model with hints, PROTOCOL §4)"""
+    endpoint: str | None = None
+    """base URL of the OpenAI-compatible teacher (teacher=openai)"""
+    model: str | None = None
+    """teacher model name (teacher=openai)"""
+    max_rounds: int = 15
+    """round limit of the episodes (and of the system prompt): 15 in RL training (PROTOCOL §5)"""
+    video_qa: str = "offline"
+    """video_qa backend while the teacher plays: offline or none"""
+
+
+@dataclass
+class PipelineEvalConfig:
+    """Evaluation on the held-out split: the base model, SFT, SFT + RL, and baseline navigators."""
+
+    enabled: bool = True
+    split: str = "test"
+    max_rounds: int = 15
+    max_turn_tokens: int = 512
+    baselines: list = field(default_factory=lambda: ["random", "retrieval", "oracle"])
+    """baseline navigators evaluated beside the trained models (see `lvr1 eval`)"""
+    engine: str = "vllm"
+    engine_options: dict = field(default_factory=lambda: {"max_model_len": 16384})
+
+
+@dataclass
+class RayConfig:
+    """Where the pipeline's actors run."""
+
+    address: str | None = None
+    """None: join the cluster of a Ray job (RAY_ADDRESS) or start a local Ray; or an address like auto"""
+    num_cpus: int | None = None
+    """logical CPUs of a local Ray (None: max(4, cores): roles share the cores, they do not all compute at once)"""
+
+
+@dataclass
 class PipelineConfig:
-    """The main job: demo corpus -> caption store (later issues add SFT, RL and evaluation)."""
+    """The main job: demo corpus → caption store → SFT data → SFT → RL data → RL → evaluation."""
 
     name: str = "demo-cpu"
     """run name, used for MLflow and log lines"""
     output_dir: str = "runs/demo-cpu"
     """every artifact of the run lives under this folder; a rerun resumes from it"""
+    model: str = "tiny-qwen3"
+    """the policy to train: tiny-qwen3 or smollm2 (built by `lvr1 models prepare`) or a transformers folder"""
+    models_dir: str = "runs/models"
+    """where named models are built (shared by runs)"""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: PipelineEvalConfig = field(default_factory=PipelineEvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def _check_type(key: str, value, hint):
@@ -73,6 +126,11 @@ def _check_type(key: str, value, hint):
         raise InputError(f"config key {key}: {value!r} is not a {hint}")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:                     # YAML 1.1 reads 1e-5 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise InputError(f"config key {key}: {value!r} is not a {hint.__name__}")
     return value

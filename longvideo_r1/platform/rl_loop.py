@@ -27,7 +27,6 @@ from pathlib import Path
 
 from longvideo_r1.errors import InputError
 from longvideo_r1.trainer.learner import LearnerConfig
-from longvideo_r1.trainer.rl import AdvantageConfig
 
 log = logging.getLogger("longvideo_r1.rl")
 
@@ -43,6 +42,8 @@ class RolloutSection:
     num_gpus: float = 0.0
     engine_options: dict = field(default_factory=lambda: {"max_model_len": 16384})
     """keyword options of the engine (max_model_len, tensor_parallel_size, gpu_memory_utilization, …)"""
+    threads: int = 0
+    """CPU threads per engine (0: one per reserved CPU)"""
     video_qa: str = "offline"
     """video_qa backend of the episodes: offline, openai, or none"""
     video_qa_options: dict = field(default_factory=dict)
@@ -77,6 +78,8 @@ class RLConfig:
     save_every: int = 5
     reward_workers: int = 1
     reward_timeout_s: float = 30.0
+    reward_scorer: str | None = None
+    """None: our compute_score; or "path/to/file.py:function" / "module:function" with verl's signature"""
     learner_workers: int = 1
     learner_cpus: float = 1.0
     learner_gpus: float = 0.0
@@ -137,11 +140,12 @@ class RLRun:
         video_qa = None if r.video_qa in ("none", "", None) else r.video_qa
         spec = WorkerSpec(engine=r.engine, model=str(model), engine_options=dict(r.engine_options), store=str(store),
                           video_qa=video_qa, video_qa_options=dict(r.video_qa_options), num_cpus=r.num_cpus,
-                          num_gpus=r.num_gpus)
+                          num_gpus=r.num_gpus, threads=r.threads)
         self.pool = RolloutPool(spec, num_workers=r.workers, captions=captions)
         if self.resumed:
             self.pool.update_weights(self.learner.publish_weights(), version=self.state["step"])
-        self.rewards = RewardService(num_workers=config.reward_workers, timeout_s=config.reward_timeout_s)
+        self.rewards = RewardService(num_workers=config.reward_workers, timeout_s=config.reward_timeout_s,
+                                     scorer=config.reward_scorer)
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(model))
@@ -161,7 +165,7 @@ class RLRun:
         """One RL step; returns its metrics (also appended to ``history.jsonl``)."""
         import torch
 
-        from longvideo_r1.trainer.rl import add_advantages, episode_metrics, learner_batch, reward_items
+        from longvideo_r1.trainer.rl import AdvantageConfig, add_advantages, episode_metrics, learner_batch, reward_items
 
         c = self.config
         step = self.state["step"]

@@ -60,6 +60,8 @@ class RolloutEpisode:
     width: int = 0
     duration: float = 0.0
     trace: dict = field(default_factory=dict, repr=False)
+    episode: object = field(default=None, repr=False, compare=False)
+    """the finished :class:`~longvideo_r1.agent.episode.Episode` (for evaluation records)"""
 
     @property
     def correct(self) -> bool | None:
@@ -166,7 +168,7 @@ def _finish(item: _Live, version: int) -> RolloutEpisode:
         text=ep.solution_str(), actions=[t["action"] for t in trace["turns"]], visited=list(ep.visited),
         answer=ep.answer, costs={**asdict(ep.costs), "model_seconds": ep.costs.model_seconds},
         policy_version=version, finish=item.finish or "max_turns", width=ep.width, duration=ep.duration,
-        trace=trace)
+        trace=trace, episode=ep)
 
 
 def to_batch(episodes: list[RolloutEpisode], pad_id: int) -> dict:

@@ -40,6 +40,9 @@ class WorkerSpec:
     video_qa_options: dict = field(default_factory=dict)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    threads: int = 0
+    """CPU threads of the engine (0: Ray's default, one per reserved CPU). On a small CPU machine the
+    rollout and learner phases alternate, so each may use every core while holding a smaller reservation."""
 
 
 class RolloutWorker:
@@ -50,6 +53,10 @@ class RolloutWorker:
         from longvideo_r1.corpus.store import CaptionStore
         from longvideo_r1.rollout.engine import make_engine
 
+        if spec.threads:
+            import torch
+
+            torch.set_num_threads(spec.threads)
         self.engine = make_engine(spec.engine, spec.model, **spec.engine_options)
         backend = None
         if spec.video_qa:
@@ -99,8 +106,10 @@ class RolloutPool:
         self.timings = RolloutTimings()
 
     def _spawn(self):
-        return self._cls.options(num_cpus=self.spec.num_cpus, num_gpus=self.spec.num_gpus).remote(
-            self.spec, self.captions)
+        options = {"num_cpus": self.spec.num_cpus, "num_gpus": self.spec.num_gpus}
+        if self.spec.threads:
+            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(self.spec.threads)}}
+        return self._cls.options(**options).remote(self.spec, self.captions)
 
     def _wait_ready(self, workers) -> None:
         refs = [w.ready.remote() for w in workers]

@@ -119,6 +119,9 @@ class LearnerGroup:
         self.config = config
         env = {"DS_ACCELERATOR": "cpu"} if not num_gpus else {}
         env["TOKENIZERS_PARALLELISM"] = "false"
+        threads = config.threads or (max(1, int(num_cpus)) if not num_gpus else None)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         cls = ray.remote(_LearnerActor)
         self.actors = []
         for rank in range(num_workers):
@@ -128,7 +131,6 @@ class LearnerGroup:
 
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=bundle_offset + rank)
-            threads = max(1, int(num_cpus)) if not num_gpus else None
             self.actors.append(cls.options(**options).remote(threads))
         addr, port = ray.get(self.actors[0].address.remote(), timeout=start_timeout)
         ray.get([a.setup.remote(config, r, num_workers, addr, port) for r, a in enumerate(self.actors)],

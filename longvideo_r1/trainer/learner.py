@@ -47,7 +47,7 @@ class LearnerConfig:
     """ZeRO optimizer state in CPU memory (DeepSpeedCPUAdam; JIT-compiled on first use)"""
     lr: float = 1e-5
     weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
     schedule: str = "constant"
     """constant, linear or cosine decay after warmup (to min_lr_ratio · lr at total_steps)"""
@@ -60,6 +60,8 @@ class LearnerConfig:
     """padded tokens (rows × longest row) per micro-batch; more micro-batches per step = gradient accumulation"""
     gradient_checkpointing: bool = False
     seed: int = 0
+    threads: int = 0
+    """CPU threads per rank (0: one per reserved CPU); see RolloutSection.threads"""
     logit_chunk: int = 1024
     """trained positions per chunk of the vocabulary projection"""
     # RL
@@ -148,6 +150,9 @@ def token_outputs(lm, value_head, batch: dict, entropy: bool = False, values: bo
         lp = logits.gather(-1, y_chunk[:, None]).squeeze(-1) - logz
         if not entropy:
             return lp, torch.zeros_like(lp)
+        if entropy == "metric":          # reported, not trained: no graph through the softmax
+            with torch.no_grad():
+                return lp, logz.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
         return lp, logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
     lps, ents = [], []
@@ -445,7 +450,8 @@ class Learner:
         for mb in micro_batches:
             mb = self._to_device(mb)
             mask = mb["loss_mask"].float()
-            out = self.token_outputs("policy", mb, entropy=True, values=c.value_head)   # entropy: a metric even when not a loss
+            out = self.token_outputs("policy", mb, entropy=True if c.entropy_coef > 0 else "metric",
+                                     values=c.value_head)
             lp = out["logprobs"]
             ratio_log = (lp - mb["old_logprobs"]).clamp(-20.0, 20.0)
             ratio = torch.exp(ratio_log)

@@ -1,0 +1,78 @@
+"""The pipeline's evaluation stage: trained checkpoints and baselines side by side on the held-out split.
+
+Checkpoints are played by a vLLM rollout worker (greedy, the RL episode rules, all questions
+batched), baselines by :func:`longvideo_r1.eval.runner.run_eval`; both write the same per-question
+result lines (``<label>.jsonl``), so one report (:func:`longvideo_r1.eval.report.write_report`)
+covers all of them. A label whose result file already covers every question is not replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from longvideo_r1.errors import InputError
+
+
+def _done(path: Path, qids: set) -> bool:
+    from longvideo_r1.eval.runner import read_results
+
+    return path.is_file() and qids <= {r["qid"] for r in read_results(path)}
+
+
+def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Path, config) -> Path:
+    """Play every question with checkpoint ``model`` (greedy) and write ``out/<label>.jsonl``."""
+    from longvideo_r1.eval.runner import PolicySpec, episode_record
+    from longvideo_r1.rollout.runner import RolloutConfig
+    from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
+
+    path = out / f"{label}.jsonl"
+    questions = benchmark.questions
+    if _done(path, {q.qid for q in questions}):
+        return path
+    spec = WorkerSpec(engine=config.eval.engine, model=str(model), engine_options=dict(config.eval.engine_options),
+                      store=str(store), video_qa="offline", num_cpus=1.0)
+    pool = RolloutPool(spec, num_workers=1)
+    try:
+        t0 = time.perf_counter()
+        episodes = pool.rollout(questions, RolloutConfig(n=1, max_turns=config.eval.max_rounds,
+                                                         max_turn_tokens=config.eval.max_turn_tokens,
+                                                         temperature=0.0, seed=0))
+        wall = (time.perf_counter() - t0) / max(1, len(episodes))
+    finally:
+        pool.shutdown()
+    policy = PolicySpec(label, f"checkpoint:{model}")
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for e in episodes:
+            f.write(json.dumps(episode_record(e.episode, policy, benchmark.tasks_of(e.question), wall)) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def evaluate_stage(config, corpus_dir: Path, store: Path, models: dict[str, Path], out: Path, run=None) -> dict:
+    from longvideo_r1.eval.benchmarks import load_benchmark
+    from longvideo_r1.eval.report import write_report
+    from longvideo_r1.eval.runner import EvalConfig, PolicySpec, run_eval
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        benchmark = load_benchmark(corpus_dir / "questions.jsonl", "demo", split=config.eval.split)
+    except InputError as exc:
+        raise InputError(f"evaluation split {config.eval.split!r}: {exc}") from None
+    for label, model in models.items():
+        evaluate_checkpoint(label, model, benchmark, store, out, config)
+    if config.eval.baselines:
+        run_eval(benchmark, store, [PolicySpec(b, b) for b in config.eval.baselines], out,
+                 EvalConfig(max_rounds=config.eval.max_rounds, progress=False))
+    report = write_report(out, out)
+    if run is not None:
+        for label, metrics in report.get("metrics", {}).items():
+            run.log_metrics({f"{label}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        for key in ("report", "plots"):
+            paths = report.get(key)
+            for p in ([paths] if isinstance(paths, (str, Path)) else list((paths or {}).values())
+                      if isinstance(paths, dict) else list(paths or [])):
+                run.log_artifact(str(p), "eval")
+    return {"report": str(out / "report.md"), "metrics": report.get("metrics", {})}
