@@ -36,9 +36,7 @@ def rl_data(tmp_path_factory, rollout_tools):
 def rl_config(algorithm="grpo", steps=2, **kw) -> RLConfig:
     options = dict(algorithm=algorithm, steps=steps, questions_per_step=2, n=2, max_turns=4, max_turn_tokens=24,
                    max_response_tokens=2048, max_observation_tokens=1024, val_every=1, save_every=1,
-                   reward_workers=1, learner_cpus=1.0,
-                   rollout=RolloutSection(engine="vllm", num_cpus=1.0, video_qa="none",
-                                          engine_options={"max_model_len": 4096}),
+                   rollout=RolloutSection(engine="vllm", video_qa="none", engine_options={"max_model_len": 4096}),
                    learner=LearnerConfig(lr=1e-4, kl_coef=1e-3, micro_batch_tokens=4096))
     options.update(kw)
     return RLConfig(**options)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from longvideo_r1.cluster.resources import PlacementConfig
 from longvideo_r1.errors import InputError
 from longvideo_r1.platform.rl_loop import RLConfig
 from longvideo_r1.platform.tracking import TrackingConfig
@@ -111,6 +112,7 @@ class PipelineConfig:
     eval: PipelineEvalConfig = field(default_factory=PipelineEvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
 def _check_type(key: str, value, hint):
@@ -136,7 +138,9 @@ def _check_type(key: str, value, hint):
     return value
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def _build(cls, data: dict, prefix: str = "", default=None):
+    """``cls`` from a mapping; keys left out keep ``default``'s values (the enclosing section's default
+    for a nested section, so ``placement.learner.count=2`` keeps the learner's other settings)."""
     if not isinstance(data, dict):
         raise InputError(f"config section {prefix.rstrip('.') or '(top)'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -145,14 +149,16 @@ def _build(cls, data: dict, prefix: str = ""):
     if unknown:
         raise InputError(f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
                          f"known keys here: {', '.join(sorted(names))}")
+    if default is None:
+        default = cls()
     kwargs = {}
     for name in names & set(data):
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, data[name], f"{prefix}{name}.")
+            kwargs[name] = _build(hint, data[name], f"{prefix}{name}.", getattr(default, name))
         else:
             kwargs[name] = _check_type(prefix + name, data[name], hint)
-    return cls(**kwargs)
+    return dataclasses.replace(default, **kwargs)
 
 
 def apply_override(data: dict, override: str) -> None:

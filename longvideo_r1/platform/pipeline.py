@@ -196,7 +196,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None) -> dict:
 
             def sft():
                 with tracker.stage("sft") as run:
-                    return train_sft(config.sft, data, base, out / "sft", log_metrics=run.log_metrics)
+                    return train_sft(config.sft, data, base, out / "sft", log_metrics=run.log_metrics,
+                                     placement=config.placement)
             t = time.perf_counter()
             summary = sft()
             seconds["sft"] = time.perf_counter() - t
@@ -210,7 +211,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None) -> dict:
 
             t = time.perf_counter()
             with tracker.stage("rl") as run:
-                summary = train_rl(config.rl, train, val, store, policy, out / "rl", log_metrics=run.log_metrics)
+                summary = train_rl(config.rl, train, val, store, policy, out / "rl", log_metrics=run.log_metrics,
+                                   placement=config.placement)
             seconds["rl"] = time.perf_counter() - t
             models["sft+" + config.rl.algorithm if config.sft.enabled else config.rl.algorithm] = Path(summary["model"])
             result["rl"] = {k: v for k, v in summary.items() if k != "history"}

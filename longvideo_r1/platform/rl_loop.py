@@ -76,13 +76,9 @@ class RLConfig:
     val_questions: int = 0
     """validation questions used (0 = all of the validation split)"""
     save_every: int = 5
-    reward_workers: int = 1
     reward_timeout_s: float = 30.0
     reward_scorer: str | None = None
     """None: our compute_score; or "path/to/file.py:function" / "module:function" with verl's signature"""
-    learner_workers: int = 1
-    learner_cpus: float = 1.0
-    learner_gpus: float = 0.0
     seed: int = 0
     rollout: RolloutSection = field(default_factory=RolloutSection)
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-6, kl_coef=1e-4, kl_kind="k3",
@@ -109,7 +105,8 @@ class RLRun:
     """The actors of one RL run (pool, reward service, learner group) and the step function."""
 
     def __init__(self, config: RLConfig, train_data: str | Path, val_data: str | Path | None, store: str | Path,
-                 model: str | Path, out_dir: str | Path, captions=None):
+                 model: str | Path, out_dir: str | Path, captions=None, placement=None):
+        from longvideo_r1.cluster.resources import PlacementConfig, create, plan
         from longvideo_r1.reward.service import RewardService
         from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
         from longvideo_r1.trainer.data import read_rl_rows
@@ -124,11 +121,16 @@ class RLRun:
         self.val_questions = read_rl_rows(val_data)[0] if val_data else []
         if config.val_questions:
             self.val_questions = self.val_questions[: config.val_questions]
+        import ray
+
+        placement = placement or PlacementConfig()
+        # Reserve every role's resources up front (a clear error if the cluster lacks them).
+        self.groups = create(plan(placement, ray.cluster_resources()), placement.timeout_s)
+        self.pool = self.rewards = self.learner = None
         learner_config = dataclasses.replace(config.learner, model=str(model), seed=config.seed,
                                              value_head=config.algorithm == "ppo" or config.learner.value_head,
                                              total_steps=config.learner.total_steps or config.steps)
-        self.learner = LearnerGroup(learner_config, num_workers=config.learner_workers,
-                                    num_cpus=config.learner_cpus, num_gpus=config.learner_gpus)
+        self.learner = LearnerGroup(learner_config, **self.groups.learner_kwargs())
         self.ckpt = self.out / "checkpoints"
         self.state = {"step": 0}
         self.resumed = False
@@ -139,13 +141,20 @@ class RLRun:
         r = config.rollout
         video_qa = None if r.video_qa in ("none", "", None) else r.video_qa
         spec = WorkerSpec(engine=r.engine, model=str(model), engine_options=dict(r.engine_options), store=str(store),
-                          video_qa=video_qa, video_qa_options=dict(r.video_qa_options), num_cpus=r.num_cpus,
-                          num_gpus=r.num_gpus, threads=r.threads)
-        self.pool = RolloutPool(spec, num_workers=r.workers, captions=captions)
+                          video_qa=video_qa, video_qa_options=dict(r.video_qa_options),
+                          num_cpus=placement.rollout.num_cpus, num_gpus=placement.rollout.num_gpus, threads=r.threads)
+        if placement.rollout.tensor_parallel_size > 1:
+            spec.engine_options.setdefault("tensor_parallel_size", placement.rollout.tensor_parallel_size)
+        self.pool = RolloutPool(spec, num_workers=placement.rollout.count, captions=captions,
+                                actor_options=lambda i: self.groups.actor_options("rollout", i))
         if self.resumed:
             self.pool.update_weights(self.learner.publish_weights(), version=self.state["step"])
-        self.rewards = RewardService(num_workers=config.reward_workers, timeout_s=config.reward_timeout_s,
-                                     scorer=config.reward_scorer)
+        # one reward actor sits in the role's bundle; several are scheduled freely (the service replaces
+        # dead ones and must not wait for a bundle that is still held)
+        reward = self.groups.actor_options("reward", 0) if placement.reward.count == 1 else {"num_cpus": 0.1}
+        self.rewards = RewardService(num_workers=max(1, placement.reward.count), timeout_s=config.reward_timeout_s,
+                                     scorer=config.reward_scorer, num_cpus=reward["num_cpus"],
+                                     scheduling_strategy=reward.get("scheduling_strategy"))
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(model))
@@ -227,22 +236,24 @@ class RLRun:
         self.learner.save(str(self.ckpt), dict(self.state))
 
     def shutdown(self) -> None:
-        for part in (self.pool, self.rewards, self.learner):
+        for part in (self.pool, self.rewards, self.learner, self.groups):
+            if part is None:
+                continue
             try:
-                part.shutdown()
+                part.shutdown() if hasattr(part, "shutdown") else part.remove()
             except Exception as exc:   # shutting down must not hide the run's own outcome
                 log.warning("shutdown of %s failed: %s", type(part).__name__, exc)
 
 
 def train_rl(config: RLConfig, train_data, val_data, store, model, out_dir, log_metrics=None,
-             stop_after: int | None = None, captions=None) -> dict:
+             stop_after: int | None = None, captions=None, placement=None) -> dict:
     """Run (or resume) the RL stage; the final policy is exported to ``out_dir/model``."""
     out = Path(out_dir)
     summary_file = out / "summary.json"
     if summary_file.is_file() and (out / "model" / "config.json").is_file():
         log.info("RL already finished in %s, skipping", out)
         return json.loads(summary_file.read_text())
-    run = RLRun(config, train_data, val_data, store, model, out, captions=captions)
+    run = RLRun(config, train_data, val_data, store, model, out, captions=captions, placement=placement)
     history_file = out / "history.jsonl"
     history = [h for h in _read_jsonl(history_file) if h["step"] < run.state["step"]]
     history_file.write_text("".join(json.dumps(h) + "\n" for h in history))

@@ -141,7 +141,7 @@ class RewardService:
     """Score batches of episodes on ``num_workers`` Ray actors with a per-item ``timeout_s``."""
 
     def __init__(self, num_workers: int = 2, timeout_s: float = 30.0, scorer=None,
-                 config: RewardConfig | None = None, num_cpus: float = 0.5):
+                 config: RewardConfig | None = None, num_cpus: float = 0.5, scheduling_strategy=None):
         if not ray.is_initialized():
             raise InputError("the reward service needs Ray: call ray.init() (or run inside a Ray job)")
         if not isinstance(num_workers, int) or num_workers < 1:
@@ -162,6 +162,8 @@ class RewardService:
         self._kwargs = asdict(config) if config is not None else {}
         self._actor_cls = ray.remote(RewardWorker)
         self._options = {"num_cpus": num_cpus, "max_restarts": 0, "max_task_retries": 0}
+        if scheduling_strategy is not None:     # e.g. the reward role's placement-group bundle
+            self._options["scheduling_strategy"] = scheduling_strategy
         self.workers: list = self._spawn(num_workers)
 
     # -- workers

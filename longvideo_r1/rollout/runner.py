@@ -117,7 +117,9 @@ def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config
                                          seed=hash((config.seed, item.group, item.sample, timings.steps)) & 0x7FFFFFFF))
             t = time.perf_counter()
             generations = engine.generate([item.prompt_ids + item.response_ids for item in active], sampling)
-            timings.generate_seconds += time.perf_counter() - t
+            step_seconds = time.perf_counter() - t
+            timings.generate_seconds += step_seconds
+            share = step_seconds / len(active)     # the paper's model-seconds accounting, per episode
 
             t = time.perf_counter()
             pending = []
@@ -126,7 +128,7 @@ def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config
                 item.response_mask += [1] * len(gen.token_ids)
                 item.logprobs += gen.logprobs
                 text = engine.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
-                action = item.episode.submit(text)
+                action = item.episode.submit(text, share)
                 if action.kind in ("get_caption", "video_qa"):
                     pending.append((item, pool.submit(tools.run, item.episode.question.video_id, action)))
             timings.tokenize_seconds += time.perf_counter() - t

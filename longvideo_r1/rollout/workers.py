@@ -90,7 +90,11 @@ _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 class RolloutPool:
-    def __init__(self, spec: WorkerSpec, num_workers: int = 1, captions=None, start_timeout: float = 600.0):
+    def __init__(self, spec: WorkerSpec, num_workers: int = 1, captions=None, start_timeout: float = 600.0,
+                 actor_options=None):
+        """``actor_options(i)``: Ray options of worker ``i`` (e.g. its placement-group bundle, from
+        :meth:`longvideo_r1.cluster.resources.PlacementGroups.actor_options`); a replacement of a dead
+        worker gets the options of the worker it replaces."""
         if not ray.is_initialized():
             raise InputError("the rollout pool needs Ray: call ray.init() (or run inside a Ray job)")
         if num_workers < 1:
@@ -100,16 +104,22 @@ class RolloutPool:
         self.start_timeout = start_timeout
         self._cls = ray.remote(RolloutWorker)
         self._weights = None            # (ObjectRef of the named tensors, version) last pushed
-        self.workers = [self._spawn() for _ in range(num_workers)]
+        self._actor_options = actor_options
+        self._slot: dict = {}
+        self.workers = [self._spawn(i) for i in range(num_workers)]
         self._wait_ready(self.workers)
         self.restarts = 0
         self.timings = RolloutTimings()
 
-    def _spawn(self):
+    def _spawn(self, slot: int):
         options = {"num_cpus": self.spec.num_cpus, "num_gpus": self.spec.num_gpus}
+        if self._actor_options is not None:
+            options.update(self._actor_options(slot))
         if self.spec.threads:
             options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(self.spec.threads)}}
-        return self._cls.options(**options).remote(self.spec, self.captions)
+        worker = self._cls.options(**options).remote(self.spec, self.captions)
+        self._slot[worker] = slot
+        return worker
 
     def _wait_ready(self, workers) -> None:
         refs = [w.ready.remote() for w in workers]
@@ -161,7 +171,7 @@ class RolloutPool:
         self.workers = [w for w in self.workers if w is not dead]
         self.restarts += 1
         try:
-            replacement = self._spawn()
+            replacement = self._spawn(self._slot.get(dead, 0))
             self._wait_ready([replacement])
         except Exception as exc:  # the batch goes on with the workers that are left
             log.error("could not start a replacement rollout worker: %s", exc)

@@ -39,10 +39,6 @@ class SFTConfig:
     """validation loss every this many steps (0: at the end of each epoch)"""
     save_every: int = 0
     """checkpoint every this many steps (0: at the end of each epoch)"""
-    workers: int = 1
-    """data-parallel learner ranks (Ray actors)"""
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
     seed: int = 0
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-4, warmup_steps=2, schedule="cosine"))
 
@@ -66,9 +62,10 @@ def steps_per_epoch(train: list, config: SFTConfig, pad_id: int) -> int:
 
 
 def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: str | Path, resume: bool = True,
-              log_metrics=None, stop_after: int | None = None) -> dict:
+              log_metrics=None, stop_after: int | None = None, placement=None) -> dict:
     """Train ``model`` on the trajectories in ``data``; checkpoints under ``out_dir/checkpoints``,
-    the final transformers checkpoint in ``out_dir/model``. ``log_metrics(dict, step)`` receives the
+    the final transformers checkpoint in ``out_dir/model``. ``placement.learner`` says how many ranks
+    with which resources. ``log_metrics(dict, step)`` receives the
     per-step figures (loss, grad norm, lr, tokens/s, validation loss). ``stop_after`` ends the run
     after that many steps in total (a test's stand-in for a crash). Returns a summary."""
     import dataclasses
@@ -95,8 +92,11 @@ def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: s
     total_steps = per_epoch * config.epochs
     learner_config = dataclasses.replace(config.learner, model=str(model), seed=config.seed,
                                          total_steps=config.learner.total_steps or total_steps)
-    group = LearnerGroup(learner_config, num_workers=config.workers, num_cpus=config.num_cpus,
-                         num_gpus=config.num_gpus)
+    from longvideo_r1.cluster.resources import PlacementConfig
+
+    learner = (placement or PlacementConfig()).learner      # ranks and their CPUs/GPUs
+    group = LearnerGroup(learner_config, num_workers=learner.count, num_cpus=learner.num_cpus,
+                         num_gpus=learner.num_gpus)
     ckpt = out / "checkpoints"
     position = {"epoch": 0, "index": 0}
     if resume and (ckpt / "latest").is_file():
