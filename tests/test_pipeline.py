@@ -78,3 +78,25 @@ def test_the_store_benchmark_runs_and_prints_its_table():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| store in-process, cache off |" in result.stdout
     assert "x the per-call JSON approach" in result.stdout
+
+
+@pytest.mark.parametrize("name, nodes", [
+    ("demo-cpu.yaml", [{"CPU": 2.0}]),
+    ("smollm2-cpu.yaml", [{"CPU": 2.0}]),
+    # the Ray nodes of the GPU recipes see 6 GPUs each; 2 more per node serve the video_qa model
+    ("qwen3-8b-1node-8gpu.yaml", [{"CPU": 96.0, "GPU": 6.0}]),
+    ("qwen3-8b-2node-16gpu.yaml", [{"CPU": 96.0, "GPU": 6.0}] * 2),
+])
+def test_every_shipped_config_loads_and_its_placement_fits_its_cluster(name, nodes):
+    from longvideo_r1.cluster.resources import plan
+
+    config = load_config(DEMO_CONFIG.parent / name)
+    totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+    p = plan(config.placement, totals, nodes)
+    assert p.slots["learner"] and p.slots["rollout"]
+    if "GPU" in nodes[0]:
+        assert config.sft.learner.zero_stage == 3 and config.rl.n == 16 and config.rl.questions_per_step == 12
+        assert config.rl.learner.lr == 1e-6 and config.rl.learner.kl_coef == 1e-4 and config.rl.learner.kl_kind == "k3"
+        assert config.rl.max_response_tokens == 12288 and config.rl.max_observation_tokens == 8192
+        with pytest.raises(Exception, match="GPU"):      # a cluster too small is named, not waited on
+            plan(config.placement, {"CPU": 96.0, "GPU": 4.0}, [{"CPU": 96.0, "GPU": 4.0}])
