@@ -213,6 +213,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None) -> dict:
             with tracker.stage("rl") as run:
                 summary = train_rl(config.rl, train, val, store, policy, out / "rl", log_metrics=run.log_metrics,
                                    placement=config.placement)
+                if (out / "rl" / "samples").is_dir():
+                    run.log_artifact(str(out / "rl" / "samples"), "samples")   # sample trajectories per step
             seconds["rl"] = time.perf_counter() - t
             models["sft+" + config.rl.algorithm if config.sft.enabled else config.rl.algorithm] = Path(summary["model"])
             result["rl"] = {k: v for k, v in summary.items() if k != "history"}

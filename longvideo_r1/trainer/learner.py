@@ -224,9 +224,13 @@ def init_distributed(rank: int = 0, world_size: int = 1, master_addr: str = "127
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
-                       "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": master_addr,
-                       "MASTER_PORT": str(master_port or _free_port())})
+    # Under Ray each rank sees one GPU (local rank 0); under torchrun LOCAL_RANK picks the GPU.
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world_size > 1 and "TORCHELASTIC_RUN_ID" in os.environ else 0
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
+                       "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port or _free_port())})
+    os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
     import torch.distributed as dist
 
     if dist.is_initialized():
