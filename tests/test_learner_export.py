@@ -14,22 +14,9 @@ from transformers import AutoModelForCausalLM
 
 from longvideo_r1.trainer.group import LearnerGroup
 from longvideo_r1.trainer.learner import LearnerConfig
+from tests.test_learner import sft_batch
 
 pytestmark = pytest.mark.slow
-
-
-def random_sft_batch(seed: int, rows: int = 4, width: int = 48) -> dict:
-    """Right-padded rows of random tokens; the loss mask skips a 'prompt' and an 'observation' block."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 3000, (rows, width), generator=g)
-    attn = torch.zeros_like(ids)
-    loss = torch.zeros_like(ids)
-    for r in range(rows):
-        n = int(torch.randint(width // 2, width + 1, (1,), generator=g))
-        attn[r, :n] = 1
-        loss[r, 8:n] = 1
-        loss[r, 14:18] = 0
-    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss * attn}
 
 
 def right_padded(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
@@ -60,7 +47,7 @@ def test_exported_checkpoint_serves_in_vllm_with_the_learners_logprobs(ray_local
 
     group = LearnerGroup(LearnerConfig(model=str(tiny_qwen3_dir), lr=1e-2, micro_batch_tokens=4096, seed=0))
     try:
-        losses = [group.sft_step(random_sft_batch(s))["loss"] for s in range(2)]
+        losses = [group.sft_step(sft_batch(s))["loss"] for s in range(2)]
         exported = group.export(str(tmp_path / "export"))
 
         engine = VLLMEngine(exported, max_model_len=2048)
@@ -95,7 +82,7 @@ def test_exported_checkpoint_serves_in_vllm_with_the_learners_logprobs(ray_local
 def test_zero2_with_the_optimizer_offloaded_to_cpu_trains(ray_local, tiny_qwen3_dir):
     """DeepSpeedCPUAdam (JIT-compiled on first use, ~50 s without a torch-extensions cache) steps
     the offloaded optimizer state; its updates equal torch's AdamW, so the losses match a plain loop."""
-    batch = random_sft_batch(21, rows=6)
+    batch = sft_batch(21, rows=6)
     lr = 1e-3
 
     torch.manual_seed(0)

@@ -100,3 +100,43 @@ def test_every_shipped_config_loads_and_its_placement_fits_its_cluster(name, nod
         assert config.rl.max_response_tokens == 12288 and config.rl.max_observation_tokens == 8192
         with pytest.raises(Exception, match="GPU"):      # a cluster too small is named, not waited on
             plan(config.placement, {"CPU": 96.0, "GPU": 4.0}, [{"CPU": 96.0, "GPU": 4.0}])
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_sft_checkpoints_marks_the_run_killed_and_a_rerun_continues(tmp_path):
+    import signal
+    import time
+
+    import mlflow
+
+    out = tmp_path / "run"
+    sets = [a for kv in SMALL + [f"output_dir={out}", "sft.batch_tokens=3000", "sft.epochs=3"] for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "longvideo_r1.platform.cli", "train", "sft", "--config", str(DEMO_CONFIG), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    history = out / "sft" / "history.jsonl"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if history.is_file() and history.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted" in stderr
+    assert (out / "sft" / "checkpoints" / "latest").is_file()
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("longvideo-r1").experiment_id])
+    status = {r.info.run_name: r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
+    parent = [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert status["sft"] == "KILLED" and parent == ["KILLED"]
+    done_before = [json.loads(line)["step"] for line in history.read_text().splitlines()]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in history.read_text().splitlines()]
+    # the step in flight at Ctrl-C is finished by the learner and not redone (its figures are lost)
+    assert steps[: len(done_before)] == done_before and steps == sorted(set(steps))
+    summary = json.loads((out / "sft" / "summary.json").read_text())
+    assert steps[-1] == summary["steps"]
+    assert (out / "sft" / "model" / "model.safetensors").is_file()

@@ -41,6 +41,7 @@ from longvideo_r1.agent.episode import Episode, EpisodeConfig
 from longvideo_r1.agent.policies import OraclePolicy, make_policy
 from longvideo_r1.agent.tools import Tools, run_episode
 from longvideo_r1.errors import InputError
+from longvideo_r1.jsonl import complete_lines
 from longvideo_r1.eval.benchmarks import Benchmark
 from longvideo_r1.eval.metrics import localisation, summarize_records, visited_fraction
 from longvideo_r1.reward.score import (ANSWER_ONLY_SOURCES, DATA_SOURCES, FULL_SOURCES, RewardConfig,
@@ -212,17 +213,7 @@ def read_results(path: str | Path, repair: bool = False) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        keep = raw[: raw.rfind(b"\n") + 1]
-        try:
-            json.loads(raw[len(keep):])
-            keep = raw + b"\n"
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
-        if repair:
-            path.write_bytes(keep)
-        raw = keep
+    raw = complete_lines(path, repair)
     records = []
     for n, line in enumerate(raw.decode("utf-8", "replace").split("\n"), start=1):
         if not line.strip():

@@ -286,6 +286,8 @@ def train_rl(config: RLConfig, train_data, val_data, store, model, out_dir, log_
                 return {"stopped_at": step, "history": history}
         run.learner.export(str(out / "model"))
     except KeyboardInterrupt:
+        # an update the learner finished after the interrupt counts as done (its rollout is not redone)
+        run.state["step"] = max(run.state["step"], run.learner.step // max(1, config.learner.ppo_epochs))
         log.warning("RL interrupted at step %d: writing a checkpoint before stopping", run.state["step"])
         run.save()
         raise

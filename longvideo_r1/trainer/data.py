@@ -52,6 +52,7 @@ from pathlib import Path
 from longvideo_r1.agent.episode import EpisodeConfig, Question
 from longvideo_r1.agent.protocol import DEFAULT_SYSTEM_PROMPT
 from longvideo_r1.errors import InputError
+from longvideo_r1.jsonl import complete_lines
 from longvideo_r1.rollout.chat import ChatTokens
 from longvideo_r1.rollout.runner import RolloutConfig
 
@@ -173,15 +174,7 @@ def _resume(out: Path) -> set[str]:
     """Question ids already in ``out``; a half-written last line (a crash) is cut off first."""
     if not out.exists():
         return set()
-    raw = out.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        keep = raw[: raw.rfind(b"\n") + 1]
-        try:
-            json.loads(raw[len(keep):])
-            keep = raw + b"\n"
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
-        out.write_bytes(keep)
+    complete_lines(out, repair=True)
     return {r.get("qid") for r in read_sft_records(out)}
 
 

@@ -141,7 +141,14 @@ class LearnerGroup:
         import ray
 
         args = per_rank_args or [()] * self.world_size
-        return ray.get([a.call.remote(method, *args[r], **kwargs) for r, a in enumerate(self.actors)])
+        refs = [a.call.remote(method, *args[r], **kwargs) for r, a in enumerate(self.actors)]
+        try:
+            return ray.get(refs)
+        except KeyboardInterrupt:
+            # The ranks finish the call in flight (an optimizer step is never half applied), so a
+            # checkpoint written next holds a whole number of steps; then the interrupt goes on.
+            ray.get(refs)
+            raise
 
     def _shares(self, batch: dict) -> list[list[tuple[list[int], dict]]]:
         pieces = micro_batches(batch, self.config.micro_batch_tokens)

@@ -98,10 +98,14 @@ def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: s
     group = LearnerGroup(learner_config, num_workers=learner.count, num_cpus=learner.num_cpus,
                          num_gpus=learner.num_gpus)
     ckpt = out / "checkpoints"
-    position = {"epoch": 0, "index": 0}
     if resume and (ckpt / "latest").is_file():
-        position = group.load(str(ckpt))
-        log.info("SFT resumed from %s at epoch %d step %d", ckpt, position["epoch"], position["index"])
+        group.load(str(ckpt))
+    # The data position follows from the learner's step count (every epoch has the same number of
+    # steps), so a checkpoint taken at any moment resumes at the right batch.
+    epoch, index = divmod(group.step, per_epoch)
+    position = {"epoch": epoch, "index": index}
+    if group.step:
+        log.info("SFT resumed from %s at step %d (epoch %d, batch %d)", ckpt, group.step, epoch, index)
     val_batches = sft_batches(val, config.batch_tokens, pad_id, shuffle=False) if val else []
     history_file = out / "history.jsonl"
     history = _read_history(history_file, group.step)
@@ -146,7 +150,7 @@ def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: s
         group.export(str(final))
     except KeyboardInterrupt:
         log.warning("SFT interrupted: writing a checkpoint before stopping")
-        group.save(str(ckpt), locals().get("next_position", position))
+        group.save(str(ckpt), {"interrupted": True})
         raise
     finally:
         group.shutdown()
