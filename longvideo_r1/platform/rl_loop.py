@@ -258,6 +258,9 @@ def train_rl(config: RLConfig, train_data, val_data, store, model, out_dir, log_
     history = [h for h in _read_jsonl(history_file) if h["step"] < run.state["step"]]
     history_file.write_text("".join(json.dumps(h) + "\n" for h in history))
     t0 = time.perf_counter()
+    from longvideo_r1.jsonl import progress_bar
+
+    bar = progress_bar(config.steps, run.state["step"], "rl")
     try:
         if run.state["step"] == 0 and config.val_every:
             initial = run.validate()
@@ -276,6 +279,8 @@ def train_rl(config: RLConfig, train_data, val_data, store, model, out_dir, log_
                 f.write(json.dumps(row) + "\n")
             if log_metrics:
                 log_metrics(metrics, step)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", refresh=False)
             log.info("rl step %d/%d reward %.3f acc %.2f rounds %.1f (%.1f s)", step, config.steps,
                      metrics["rollout/reward_mean"], metrics["rollout/accuracy"], metrics["rollout/rounds"],
                      metrics["time/step_s"])
@@ -292,6 +297,7 @@ def train_rl(config: RLConfig, train_data, val_data, store, model, out_dir, log_
         run.save()
         raise
     finally:
+        bar.close()
         run.shutdown()
     steps = [h for h in history if h["step"] >= 0]
     summary = {"model": str(out / "model"), "steps": config.steps, "algorithm": config.algorithm,

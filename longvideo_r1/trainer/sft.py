@@ -118,6 +118,9 @@ def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: s
         losses = [(group.sft_eval(b), int(b["loss_mask"].sum())) for b in val_batches]
         return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
 
+    from longvideo_r1.jsonl import progress_bar
+
+    bar = progress_bar(total_steps, group.step, "sft")
     try:
         step = group.step
         for epoch in range(position["epoch"], config.epochs):
@@ -139,6 +142,8 @@ def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: s
                     f.write(json.dumps(history[-1]) + "\n")
                 if log_metrics:
                     log_metrics(metrics, step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", refresh=False)
                 log.info("sft step %d/%d epoch %d loss %.4f%s", step, total_steps, epoch, stats["loss"],
                          f" val {metrics['val/loss']:.4f}" if "val/loss" in metrics else "")
                 next_position = {"epoch": epoch + (1 if last else 0), "index": 0 if last else index + 1}
@@ -153,6 +158,7 @@ def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: s
         group.save(str(ckpt), {"interrupted": True})
         raise
     finally:
+        bar.close()
         group.shutdown()
     summary = {"model": str(final), "steps": total_steps, "epochs": config.epochs, "train_examples": len(train),
                "val_examples": len(val), "truncated": getattr(dataset, "truncated", 0),
