@@ -1,4 +1,4 @@
-"""Small shared helpers of long-running stages: crash-safe JSON-lines files, progress bars."""
+"""Append-only JSON-lines files that survive a crash: the bytes up to the last whole record."""
 
 from __future__ import annotations
 
@@ -26,12 +26,3 @@ def complete_lines(path: str | Path, repair: bool = False) -> bytes:
         raw = keep
     return raw
 
-
-def progress_bar(total: int, done: int, what: str):
-    """A tqdm bar on stderr for an interactive terminal (log lines carry the same figures otherwise)."""
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, desc=what, unit="step", file=sys.stderr, leave=False,
-                disable=not sys.stderr.isatty())

@@ -258,7 +258,7 @@ def train_rl(config: RLConfig, train_data, val_data, store, model, out_dir, log_
     history = [h for h in _read_jsonl(history_file) if h["step"] < run.state["step"]]
     history_file.write_text("".join(json.dumps(h) + "\n" for h in history))
     t0 = time.perf_counter()
-    from longvideo_r1.jsonl import progress_bar
+    from longvideo_r1.progress import progress_bar
 
     bar = progress_bar(config.steps, run.state["step"], "rl")
     try:

@@ -118,7 +118,7 @@ def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: s
         losses = [(group.sft_eval(b), int(b["loss_mask"].sum())) for b in val_batches]
         return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
 
-    from longvideo_r1.jsonl import progress_bar
+    from longvideo_r1.progress import progress_bar
 
     bar = progress_bar(total_steps, group.step, "sft")
     try:
