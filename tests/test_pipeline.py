@@ -82,6 +82,7 @@ def test_the_store_benchmark_runs_and_prints_its_table():
 
 @pytest.mark.parametrize("name, nodes", [
     ("demo-cpu.yaml", [{"CPU": 2.0}]),
+    ("demo-learning.yaml", [{"CPU": 2.0}]),
     ("smollm2-cpu.yaml", [{"CPU": 2.0}]),
     # the Ray nodes of the GPU recipes see 6 GPUs each; 2 more per node serve the video_qa model
     ("qwen3-8b-1node-8gpu.yaml", [{"CPU": 96.0, "GPU": 6.0}]),
