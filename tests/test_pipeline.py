@@ -54,6 +54,13 @@ def test_the_demo_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path):
     assert len(client.get_metric_history(children["rl"].info.run_id, "rollout/reward_mean")) == 2
     assert client.get_metric_history(children["sft"].info.run_id, "train/loss")
 
+    # the benchmark runner reads the RL step phases of this run into a results file
+    results = tmp_path / "RESULTS.md"
+    bench = subprocess.run([sys.executable, str(DEMO_CONFIG.parents[1] / "bench" / "run_all.py"), "--only", "rl_step",
+                            "--run", str(out), "--out", str(results)], capture_output=True, text=True, timeout=60)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert "| update |" in results.read_text() and "2 RL steps" in results.read_text()
+
     second = run_pipeline(out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "already generated" in second.stderr and "built 0, skipped 2" in second.stderr
