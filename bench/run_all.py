@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,12 @@ def rl_step_table(run: Path) -> str:
     return "\n".join(lines)
 
 
+def _tables(stdout: str) -> str:
+    """A script's printed results without library log lines (vLLM and DeepSpeed log to stdout)."""
+    noise = re.compile(r"^\(\w+ pid=\d+\)|^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\]|^(INFO|WARNING) \d\d-\d\d ")
+    return "\n".join(line for line in stdout.strip().splitlines() if not noise.match(line))
+
+
 def run_one(name: str, cmd: list[str] | None, run: Path) -> str:
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -92,7 +99,7 @@ def run_one(name: str, cmd: list[str] | None, run: Path) -> str:
     else:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
         ok = proc.returncode == 0
-        body = proc.stdout.strip() if ok else f"**failed** (exit {proc.returncode}); see its output above."
+        body = _tables(proc.stdout) if ok else f"**failed** (exit {proc.returncode}); see its output above."
     seconds = time.perf_counter() - t0
     shown = " ".join(Path(c).name if c.endswith(".py") else c for c in (cmd or [])[1:]) or f"rl/history.jsonl of {run}"
     head = (f"### {name} — `{shown}`\n\n{machine()}; load average {load0:.1f} before, "
