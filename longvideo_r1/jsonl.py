@@ -1,4 +1,4 @@
-"""Append-only JSON-lines files that survive a crash: the bytes up to the last whole record."""
+"""JSON-lines files: reading them line by line with clear errors, and surviving a crash mid-write."""
 
 from __future__ import annotations
 
@@ -26,3 +26,17 @@ def complete_lines(path: str | Path, repair: bool = False) -> bytes:
         raw = keep
     return raw
 
+
+
+def json_lines(text: str, where: str, fix: str):
+    """``(line number, value)`` of every non-blank line of ``text``; a line that is not JSON is an
+    :class:`~longvideo_r1.errors.InputError` naming ``where`` and the line, with the advice ``fix``."""
+    from longvideo_r1.errors import InputError
+
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where} line {n}: not valid JSON ({exc.msg}); {fix}") from None

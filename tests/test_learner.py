@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from longvideo_r1.errors import InputError
 from longvideo_r1.trainer.group import LearnerGroup, deal, micro_batches, totals
-from longvideo_r1.trainer.learner import Learner, LearnerConfig, lr_factor
+from longvideo_r1.trainer.learner import LearnerConfig, global_agg_options, lr_factor
 
 pytestmark = pytest.mark.slow
 
@@ -256,8 +256,9 @@ def test_micro_batch_shares_add_up_to_the_global_aggregate(mode):
     batch = sft_batch(2, rows=7)
     values = torch.randn(batch["loss_mask"].shape, generator=torch.Generator().manual_seed(0))
     norm = totals(batch)
-    whole = Learner._partial(values, batch["loss_mask"].float(), norm, mode)
-    parts = sum(Learner._partial(values[idx, : mb["input_ids"].shape[1]], mb["loss_mask"].float(), norm, mode)
+    options = global_agg_options(norm)
+    whole = algos.agg_loss(values, batch["loss_mask"].float(), mode, **options)
+    parts = sum(algos.agg_loss(values[idx, : mb["input_ids"].shape[1]], mb["loss_mask"].float(), mode, **options)
                 for idx, mb in micro_batches(batch, 50))
     torch.testing.assert_close(parts, whole)
     mask = batch["loss_mask"].float()

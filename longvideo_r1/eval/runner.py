@@ -41,7 +41,7 @@ from longvideo_r1.agent.episode import Episode, EpisodeConfig
 from longvideo_r1.agent.policies import OraclePolicy, make_policy
 from longvideo_r1.agent.tools import Tools, run_episode
 from longvideo_r1.errors import InputError
-from longvideo_r1.jsonl import complete_lines
+from longvideo_r1.jsonl import complete_lines, json_lines
 from longvideo_r1.eval.benchmarks import Benchmark
 from longvideo_r1.eval.metrics import localisation, summarize_records, visited_fraction
 from longvideo_r1.reward.score import (ANSWER_ONLY_SOURCES, DATA_SOURCES, FULL_SOURCES, RewardConfig,
@@ -215,14 +215,8 @@ def read_results(path: str | Path, repair: bool = False) -> list[dict]:
         return []
     raw = complete_lines(path, repair)
     records = []
-    for n, line in enumerate(raw.decode("utf-8", "replace").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"result file {path} line {n}: not valid JSON ({exc.msg}); remove the line "
-                             "(its question will be run again)") from None
+    for n, record in json_lines(raw.decode("utf-8", "replace"), f"result file {path}",
+                                "remove the line (its question will be run again)"):
         if not isinstance(record, dict) or not isinstance(record.get("qid"), str) or "calls" not in record:
             raise InputError(f"result file {path} line {n}: not an lvr1 eval result; remove the line or use "
                              "another --out")

@@ -52,7 +52,7 @@ from pathlib import Path
 from longvideo_r1.agent.episode import EpisodeConfig, Question
 from longvideo_r1.agent.protocol import DEFAULT_SYSTEM_PROMPT
 from longvideo_r1.errors import InputError
-from longvideo_r1.jsonl import complete_lines
+from longvideo_r1.jsonl import complete_lines, json_lines
 from longvideo_r1.rollout.chat import ChatTokens
 from longvideo_r1.rollout.runner import RolloutConfig
 
@@ -91,19 +91,11 @@ def load_corpus_split(corpus_dir: str | Path, split: str) -> list[dict]:
         if not isinstance(splits, dict):
             raise InputError(f"corpus {root}: splits.json must map each split name to a list of video ids")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"corpus questions {path} line {n}: not valid JSON ({exc.msg}); "
-                                 "fix the line") from None
-            if not isinstance(row, dict) or not row.get("video_id") or not row.get("question"):
-                raise InputError(f"corpus questions {path} line {n}: a question needs video_id and question")
-            row.setdefault("qid", f"{row['video_id']}:{n}")
-            rows.append(row)
+    for n, row in json_lines(path.read_text(encoding="utf-8"), f"corpus questions {path}", "fix the line"):
+        if not isinstance(row, dict) or not row.get("video_id") or not row.get("question"):
+            raise InputError(f"corpus questions {path} line {n}: a question needs video_id and question")
+        row.setdefault("qid", f"{row['video_id']}:{n}")
+        rows.append(row)
     in_split = set(splits.get(split) or [])
     chosen = [r for r in rows if r.get("split", split if r["video_id"] in in_split else None) == split]
     known = list(dict.fromkeys([*splits, *(r["split"] for r in rows if r.get("split"))]))
@@ -148,17 +140,9 @@ def read_sft_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"SFT data {path}: no such file; make it with `lvr1 data sft --out {path}`")
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
     records = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"SFT data {path} line {n}: not valid JSON ({exc.msg}); remove or fix the line "
-                             "(or regenerate the file with `lvr1 data sft`)") from None
+    for n, record in json_lines(path.read_text(encoding="utf-8"), f"SFT data {path}",
+                                "remove or fix the line (or regenerate the file with `lvr1 data sft`)"):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list) or len(messages) < 3 or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)

@@ -241,6 +241,14 @@ def init_distributed(rank: int = 0, world_size: int = 1, master_addr: str = "127
                                verbose=False, rank=rank, world_size=world_size)
 
 
+def global_agg_options(totals: dict) -> dict:
+    """``agg_loss`` options that normalise by the whole global step (``group.totals``): with them a
+    micro-batch's loss is its share of the step's aggregate, so the update does not depend on how
+    the batch was cut into micro-batches and ranks."""
+    return {"batch_num_tokens": max(1, totals["tokens"]), "global_batch_size": max(1, totals["sequences"]),
+            "loss_scale_factor": max(1, totals["horizon"])}
+
+
 @dataclass
 class StepStats:
     loss: float = 0.0
@@ -307,7 +315,6 @@ class Learner:
         if config.kl_coef > 0:
             self.ref = self._load_reference()
         self.step = 0
-        self._gas = 1
         self._norm = None
 
     # ------------------------------------------------------------------ building blocks
@@ -344,7 +351,6 @@ class Learner:
         """DeepSpeed accumulates ``micro_batches`` backward passes into this optimizer step."""
         if micro_batches != self.engine.gradient_accumulation_steps():
             self.engine.set_train_batch_size(micro_batches * self.world_size)
-        self._gas = micro_batches
 
     def _step_engine(self) -> None:
         """``engine.step()``; records the pre-clipping gradient norm where DeepSpeed does not (ZeRO-0, fp32)."""
@@ -382,7 +388,7 @@ class Learner:
             mb = self._to_device(mb)
             lp = self.token_outputs("policy", mb)["logprobs"]
             token_sum = -(lp * mb["loss_mask"].float()).sum()
-            loss = token_sum / max(1, total_tokens) * self._gas * self.world_size
+            loss = token_sum / max(1, total_tokens) * len(micro_batches) * self.world_size
             self.engine.backward(loss)
             self._step_engine()
             stats.loss += float(token_sum.detach()) / max(1, total_tokens)
@@ -436,8 +442,6 @@ class Learner:
         ``totals``: ``tokens`` and ``sequences`` of the global step over every rank, and ``horizon``
         (the padded response length, for seq-mean-token-sum-norm): the aggregation normalisers.
         """
-        import torch
-
         from longvideo_r1.trainer import algos
 
         c = self.config
@@ -451,70 +455,41 @@ class Learner:
         def add(name, value):
             sums[name] = sums.get(name, 0.0) + float(value)
 
+        agg = global_agg_options(totals)
         for mb in micro_batches:
             mb = self._to_device(mb)
             mask = mb["loss_mask"].float()
+            share = float(mask.sum()) / agg["batch_num_tokens"]     # weight of this micro-batch's token means
             out = self.token_outputs("policy", mb, entropy=True if c.entropy_coef > 0 else "metric",
                                      values=c.value_head)
             lp = out["logprobs"]
-            ratio_log = (lp - mb["old_logprobs"]).clamp(-20.0, 20.0)
-            ratio = torch.exp(ratio_log)
-            adv = mb["advantages"]
-            surr1 = -adv * ratio
-            surr2 = -adv * ratio.clamp(1 - c.clip_low, 1 + c.clip_high)
-            clipped = torch.maximum(surr1, surr2)
-            pg = clipped
-            if c.dual_clip is not None:
-                lower = torch.minimum(-adv * c.dual_clip, clipped)
-                pg = torch.where(adv < 0, lower, clipped)
-                add("clipfrac_lower", self._partial((clipped > -adv * c.dual_clip).float() * (adv < 0).float(),
-                                                    mask, totals, "token-mean"))
-            loss = self._partial(pg, mask, totals, c.loss_agg)
+            loss, pg = algos.policy_loss(mb["old_logprobs"], lp, mb["advantages"], mask, c.clip_low, c.clip_high,
+                                         c.dual_clip, c.loss_agg, **agg)
             add("policy_loss", loss.detach())
-            add("clipfrac", self._partial((surr2 > surr1).float(), mask, totals, "token-mean"))
-            add("approx_kl", self._partial(-ratio_log.detach(), mask, totals, "token-mean"))
-            ent = self._partial(out["entropy"], mask, totals, c.loss_agg)
+            for name in ("clipfrac", "approx_kl") + (("clipfrac_lower",) if c.dual_clip is not None else ()):
+                add(name, pg[name] * share)
+            ent = algos.agg_loss(out["entropy"], mask, c.loss_agg, **agg)
             add("entropy", ent.detach())
             if c.entropy_coef > 0:
                 loss = loss - c.entropy_coef * ent
             if c.kl_coef > 0:
-                kl = algos.kl_penalty(lp, mb["ref_logprobs"], c.kl_kind)
-                kl_loss = self._partial(kl, mask, totals, c.loss_agg)
+                kl_loss = algos.agg_loss(algos.kl_penalty(lp, mb["ref_logprobs"], c.kl_kind), mask, c.loss_agg, **agg)
                 add("kl", kl_loss.detach())
                 loss = loss + c.kl_coef * kl_loss
             if c.value_head:
-                v, old_v, ret = out["values"], mb["old_values"], mb["returns"]
-                v_clipped = old_v + (v - old_v).clamp(-c.value_clip, c.value_clip)
-                vf = 0.5 * torch.maximum((v - ret) ** 2, (v_clipped - ret) ** 2)
-                vf_loss = self._partial(vf, mask, totals, c.loss_agg)
+                vf_loss, vf_clipfrac = algos.value_loss(out["values"], mb["returns"], mb["old_values"], mask,
+                                                        c.value_clip, c.loss_agg, **agg)
                 add("value_loss", vf_loss.detach())
-                add("value_clipfrac", self._partial(((v_clipped - ret) ** 2 > (v - ret) ** 2).float(), mask,
-                                                    totals, "token-mean"))
+                add("value_clipfrac", vf_clipfrac * share)
                 loss = loss + c.value_coef * vf_loss
             add("loss", loss.detach())
-            self.engine.backward(loss * self._gas * self.world_size)
+            self.engine.backward(loss * len(micro_batches) * self.world_size)   # undo DeepSpeed's 1/GAS and rank mean
             self._step_engine()
             count["tokens"] += int(mask.sum())
         stats = StepStats(loss=sums.pop("loss", 0.0), tokens=count["tokens"], extra=sums)
         out = self._finish_step(stats, t0)
         out.lr = lr_before
         return out
-
-    @staticmethod
-    def _partial(values, mask, totals: dict, mode: str):
-        """This micro-batch's share of ``agg_loss(values, mask, mode)`` over the whole global step."""
-        import torch
-
-        if mode == "token-mean":
-            return (values * mask).sum() / max(1, totals["tokens"])
-        if mode == "seq-mean-token-sum":
-            return (values * mask).sum() / max(1, totals["sequences"])
-        if mode == "seq-mean-token-mean":
-            per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-            return per_seq.sum() / max(1, totals["sequences"])
-        if mode == "seq-mean-token-sum-norm":
-            return (values * mask).sum() / max(1, totals["sequences"]) / max(1, totals["horizon"])
-        raise ValueError(f"loss aggregation {mode!r}: choose one of {', '.join(LOSS_AGGREGATIONS)}")
 
     # ------------------------------------------------------------------ weights, checkpoints
 
