@@ -1,7 +1,7 @@
 """Learner (SFT) throughput: the DeepSpeed learner vs a plain PyTorch loop on the same micro-batches.
 
 Data: real SFT trajectories (the oracle teacher on the train split of runs/demo-cpu, written to a temp
-file by ``generate_sft``; or ``--data FILE.jsonl``), tokenised with ``trainer.data.tokenize_trajectory``
+file by ``generate_sft``; or ``--data FILE.jsonl``), tokenised with ``trainer.batches.tokenize_trajectory``
 as the rollout runner builds contexts, and cut into micro-batches by ``sft_batches`` (one budget of
 padded tokens per micro-batch; ``--micro-per-step`` of them make one optimizer step, i.e. gradient
 accumulation). Every approach trains on the very same micro-batches, in the same order:
@@ -63,7 +63,7 @@ def make_data(args) -> str:
         return args.data
     from longvideo_r1.agent.teacher import OracleTeacher
     from longvideo_r1.agent.video_qa import make_video_qa
-    from longvideo_r1.trainer.data import generate_sft
+    from longvideo_r1.trainer.sft_data import generate_sft
 
     run = Path(args.run)
     out = Path(tempfile.mkdtemp(prefix="bench-learner-")) / "sft.jsonl"
@@ -79,7 +79,8 @@ def steps_of(model_dir: Path, data: str, budget: int, per_step: int, steps: int)
     from transformers import AutoTokenizer
 
     from longvideo_r1.rollout.chat import ChatTokens
-    from longvideo_r1.trainer.data import read_sft_records, sft_batches, tokenize_trajectory
+    from longvideo_r1.trainer.batches import sft_batches, tokenize_trajectory
+    from longvideo_r1.trainer.sft_data import read_sft_records
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     chat = ChatTokens(tokenizer)

@@ -11,7 +11,7 @@ process on one machine:
 Prints episodes/s, generated tokens/s and where the time goes. Run after the main job (it needs
 runs/demo-cpu). Each model runs in its own subprocess so engines do not share memory.
 
-Usage: python bench/bench_rollout.py [--models tiny-qwen3 smollm2] [--episodes 32] [--max-turns 4]
+Usage: python bench/bench_rollout.py [--models tiny-qwen3 smollm2] [--episodes 32] [--max-rounds 4]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def naive_rollouts(engine, tools, questions, config):
     episodes = []
     for g, q in enumerate(questions):
         for k in range(config.n):
-            ep = tools.start(q, EpisodeConfig(max_rounds=config.max_turns, keep_malformed=True))
+            ep = tools.start(q, EpisodeConfig(max_rounds=config.max_rounds, keep_malformed=True))
             while not ep.done:
                 t = time.perf_counter()
                 ids = engine.tokenizer.apply_chat_template(ep.prompt(), tokenize=True, add_generation_prompt=True,
@@ -75,7 +75,7 @@ def run_one(model_name: str, args) -> dict:
     rows = [json.loads(line) for line in (run / "corpus" / "questions.jsonl").read_text().splitlines() if line]
     questions = [Question.from_row(r) for r in rows][: max(1, args.episodes // args.n)]
     tools = Tools(CaptionStore(run / "store"), make_video_qa("offline"))
-    config = RolloutConfig(n=args.n, max_turns=args.max_turns, max_turn_tokens=args.turn_tokens,
+    config = RolloutConfig(n=args.n, max_rounds=args.max_rounds, max_turn_tokens=args.turn_tokens,
                            temperature=1.0, max_response_tokens=16384, max_observation_tokens=2048)
     out = {"model": model_name, "episodes": len(questions) * args.n}
 
@@ -83,7 +83,7 @@ def run_one(model_name: str, args) -> dict:
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
     engine = VLLMEngine(str(model_dir), max_model_len=args.max_model_len, dtype=args.dtype)
     out["vllm_start_s"] = time.perf_counter() - t
-    run_rollouts(engine, tools, questions[:1], RolloutConfig(n=1, max_turns=1, max_turn_tokens=8))  # warm-up
+    run_rollouts(engine, tools, questions[:1], RolloutConfig(n=1, max_rounds=1, max_turn_tokens=8))  # warm-up
 
     def measure(label, fn):
         t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/demo-cpu")
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--n", type=int, default=2)
-    parser.add_argument("--max-turns", type=int, default=4)
+    parser.add_argument("--max-rounds", type=int, default=4)
     parser.add_argument("--turn-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--dtype", default="auto", help="vLLM dtype (auto = float32 on CPU; bfloat16 needs AVX512-BF16/AMX)")
@@ -147,7 +147,7 @@ def main() -> None:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(f"\n## Rollout throughput ({args.episodes} episodes = {args.episodes // args.n} demo questions × n={args.n}, "
-          f"{args.max_turns} turns, ≤{args.turn_tokens} tokens per turn, temperature 1.0)\n")
+          f"{args.max_rounds} rounds, ≤{args.turn_tokens} tokens per turn, temperature 1.0)\n")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only\n")
     print("| model | approach | wall s | episodes/s | generated tokens/s | generate s | tools s | tokenise s | vs naive |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

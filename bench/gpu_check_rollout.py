@@ -52,14 +52,14 @@ def check(episodes: int) -> dict:
     questions = [Question(v, "What colour is the circle?", ["red", "blue", "green", "gray"], answer="B", qid=f"q{i}")
                  for i, v in enumerate(["vid_a", "vid_b"])]
     stage("engine loaded")
-    eps = run_rollouts(engine, tools, questions, RolloutConfig(n=2, max_turns=4, temperature=0.0))
+    eps = run_rollouts(engine, tools, questions, RolloutConfig(n=2, max_rounds=4, temperature=0.0))
     out["greedy_episodes_answer_B"] = sum(e.answer == "B" and e.visited == [(1, 1)] for e in eps)
     batch = to_batch(eps, engine.pad_id)
-    out["mask_tokens"] = int(batch["response_mask"].sum())
+    out["mask_tokens"] = int(batch["loss_mask"].sum())
     stage("greedy episodes")
 
     # sampled log-probs vs a teacher-forced forward pass on the same tokens
-    e = run_rollouts(engine, tools, questions[:1], RolloutConfig(max_turns=1, temperature=1.5, max_turn_tokens=32))[0]
+    e = run_rollouts(engine, tools, questions[:1], RolloutConfig(n=1, max_rounds=1, temperature=1.5, max_turn_tokens=32))[0]
     ids = torch.tensor([e.prompt_ids + e.response_ids], device="cuda")
     with torch.no_grad():
         logits = engine.model(input_ids=ids).logits[0, len(e.prompt_ids) - 1:-1].float()
@@ -74,9 +74,9 @@ def check(episodes: int) -> dict:
     base = {k: (torch.randn(v.shape, generator=gen) * 0.02 if v.dim() > 1 else torch.ones(v.shape)).to(v)
             for k, v in trained.items()}
     engine.update_weights(base.items(), 1)
-    forgot = run_rollouts(engine, tools, questions[:1], RolloutConfig(max_turns=2, temperature=0.0, max_turn_tokens=16))
+    forgot = run_rollouts(engine, tools, questions[:1], RolloutConfig(n=1, max_rounds=2, temperature=0.0, max_turn_tokens=16))
     engine.update_weights(trained.items(), 2)
-    again = run_rollouts(engine, tools, questions[:1], RolloutConfig(max_turns=4, temperature=0.0))
+    again = run_rollouts(engine, tools, questions[:1], RolloutConfig(n=1, max_rounds=4, temperature=0.0))
     out["update_weights_changes_behaviour"] = forgot[0].answer is None and again[0].answer == "B"
     stage("weight update")
 
@@ -86,7 +86,7 @@ def check(episodes: int) -> dict:
         timings = RolloutTimings()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        res = run_rollouts(engine, tools, many, RolloutConfig(n=4, max_turns=4, max_turn_tokens=turn_tokens,
+        res = run_rollouts(engine, tools, many, RolloutConfig(n=4, max_rounds=4, max_turn_tokens=turn_tokens,
                                                               temperature=0.0 if "greedy" in label else 1.0), timings)
         wall = time.perf_counter() - t0
         tokens = sum(sum(r.response_mask) for r in res)

@@ -1,43 +1,63 @@
-"""A small client for OpenAI-compatible ``/chat/completions`` endpoints (vLLM, SGLang, OpenAI itself).
+"""The client for OpenAI-compatible ``/chat/completions`` endpoints (vLLM, SGLang, OpenAI itself).
 
 Shared by the captioner (``corpus.captioners.openai_api``), the video_qa tool (``agent.video_qa``)
-and the LLM navigator. Only the standard library speaks HTTP here.
+and the LLM navigator. HTTP, connection reuse, timeouts and retries are the ``openai`` SDK's; this
+module adds what the platform needs around it:
 
-:meth:`ChatClient.complete` sends one request and returns ``choices[0].message.content``. Transient
-failures (connection errors, timeouts, HTTP 408/429/5xx) are retried with exponential backoff and
-jitter, waiting at least as long as a ``Retry-After`` header asks; permanent ones (other 4xx, a body
-that is not a chat completion) fail at once. Every failure that ends the call is an
-:class:`~longvideo_r1.errors.InputError` on one line naming the URL, what the request was for, the
-last error and what to check; the API key never appears in a message or a ``repr``.
+- :class:`ChatClient` holds one ``openai.OpenAI`` client (its connection pool is reused by every
+  call, from any thread) and, once :meth:`ChatClient.submit` is first used, one
+  ``openai.AsyncOpenAI`` client on a private event-loop thread, for callers that keep many requests
+  in flight (the captioner). Both are made per process, so a client built before a fork is safe.
+- Retries: the SDK resends a request after a connection error, a timeout, or HTTP 408, 409, 429 or
+  5xx, at most ``retries`` times. It waits exactly as long as a ``Retry-After`` (or
+  ``retry-after-ms``) header asks when that is between 0 and 120 s, and gives up at once when it asks
+  for more; otherwise it backs off 0.5 s, 1 s, 2 s, … up to 8 s, each cut by up to 25 % at random.
+  Other statuses (400, 401, 404, …) and a body that is not a chat completion fail at once.
+- Every failure that ends a call is an :class:`~longvideo_r1.errors.InputError` on one line naming
+  the URL, what the request was for, the number of attempts, the last error and what to check. The
+  API key is never in a message or a ``repr`` (it is cut out of server messages that echo it).
+- ``timeout`` bounds each phase of an attempt (connecting, waiting for the next bytes of the
+  answer, sending), as httpx timeouts do; it is not a bound on the whole call.
 
-:meth:`ChatClient.complete_timed` also returns the wall seconds of the attempt that succeeded, and
-nothing else: failed attempts and backoff waits are left out, as the paper's cost accounting counts
-the model's compute time per call (PROTOCOL §2). That time still includes the network round trip and
-any queueing on the server; on a local server those are small.
+:meth:`ChatClient.complete_timed` also returns the seconds of the attempt that succeeded, and
+nothing else, as the paper's cost accounting counts the model's time per call (PROTOCOL §2). It is
+httpx's ``Response.elapsed`` of that attempt: from handing the request to the connection pool
+(opening a connection when none is idle) to reading the last byte of the answer. Failed attempts,
+retry waits, building the request and parsing the answer are left out; the network round trip and
+any queueing on the server are in (small on a local server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import email.utils
+import contextvars
 import io
-import json
 import os
-import random
 import threading
-import time
-import urllib.error
-import urllib.request
+from concurrent.futures import Future
 from typing import Any, Sequence
 
 import numpy as np
 
 from longvideo_r1.errors import InputError
 
-# Statuses worth another try besides 5xx: the server timed out on its side or asks us to slow down.
-RETRYABLE_STATUS = frozenset({408, 429})
-MAX_BACKOFF_S = 60.0
-MAX_RETRY_AFTER_S = 300.0
+# Statuses the SDK retries besides every 5xx (and connection errors and timeouts).
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+NO_KEY = "no-key"  # the SDK insists on a key; without one, requests omit the Authorization header
+
+# The attempts made by the call running in this thread or task (counted by an httpx request hook).
+_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("lvr1_chat_attempts", default=None)
+
+
+def _count_attempt(request) -> None:
+    attempts = _ATTEMPTS.get()
+    if attempts is not None:
+        attempts[0] += 1
+
+
+async def _count_attempt_async(request) -> None:
+    _count_attempt(request)
 
 
 def chat_base_url(endpoint: str, what: str = "openai endpoint") -> str:
@@ -65,179 +85,250 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class _Failure(Exception):
-    """One failed HTTP attempt; ``retryable`` says whether another try could help."""
-
-    def __init__(self, message: str, retryable: bool, retry_after: float | None = None):
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
+class _BadAnswer(Exception):
+    """The server answered 200 with something that is not a chat completion with text."""
 
 
 class ChatClient:
-    """One OpenAI-compatible chat endpoint and model, with retries. Safe to share between threads.
+    """One OpenAI-compatible chat endpoint and model. Safe to share between threads.
 
-    ``retries`` counts the tries after the first, so a request is sent at most ``1 + retries`` times.
-    ``what`` names the caller in error messages (``"openai captioner"``, ``"video_qa"``);
-    ``serves`` is appended to the model in the advice, e.g. ``" with image input"``.
-    ``api_key`` falls back to ``$OPENAI_API_KEY``; none is sent when neither is set.
+    ``retries`` counts the tries after the first (the SDK's ``max_retries``), so a request is sent
+    at most ``1 + retries`` times. ``what`` names the caller in error messages (``"openai
+    captioner"``, ``"video_qa"``); ``serves`` is appended to the model in the advice, e.g.
+    ``" with image input"``. ``api_key`` falls back to ``$OPENAI_API_KEY``; no ``Authorization``
+    header is sent when neither is set.
     """
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None, timeout: float = 120.0,
-                 retries: int = 4, backoff: float = 1.0, what: str = "openai endpoint", serves: str = ""):
+                 retries: int = 4, what: str = "openai endpoint", serves: str = ""):
         if not model:
             raise InputError(f"{what}: no model given; pass the model name the server serves")
         if not timeout or timeout <= 0:
             raise InputError(f"{what}: timeout must be positive, got {timeout}")
-        if retries < 0 or backoff < 0:
-            raise InputError(f"{what}: retries ({retries}) and backoff ({backoff}) must not be negative")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InputError(f"{what}: retries must be a whole number, 0 or more, got {retries!r}")
         self.what = what
         self.serves = serves
         self.base_url = chat_base_url(endpoint, what)
         self.url = self.base_url + "/chat/completions"
         self.model = model
-        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or None
         self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
+        self.retries = retries
+        self._api_key = (api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")) or None
+        self._lock = threading.Lock()
+        self._sync: tuple[int, Any] | None = None                 # (pid, openai.OpenAI)
+        self._async: tuple[int, asyncio.AbstractEventLoop, Any] | None = None  # (pid, loop, AsyncOpenAI)
 
     def __repr__(self) -> str:  # never show the API key
         return f"ChatClient(endpoint={self.base_url!r}, model={self.model!r})"
 
+    # ------------------------------------------------------------------ the SDK clients, per process
+
+    def _sdk_options(self, http_client) -> dict:
+        return {"base_url": self.base_url, "api_key": self._api_key or NO_KEY, "timeout": self.timeout,
+                "max_retries": self.retries, "http_client": http_client}
+
+    def _sync_client(self):
+        with self._lock:
+            if self._sync is None or self._sync[0] != os.getpid():
+                import openai
+
+                http = openai.DefaultHttpxClient(timeout=self.timeout, event_hooks={"request": [_count_attempt]})
+                self._sync = (os.getpid(), openai.OpenAI(**self._sdk_options(http)))
+            return self._sync[1]
+
+    def _async_client(self):
+        """The event loop thread and the ``AsyncOpenAI`` client bound to it (made on first use)."""
+        with self._lock:
+            if self._async is None or self._async[0] != os.getpid():
+                import openai
+
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name=f"{self.what} requests", daemon=True).start()
+                http = openai.DefaultAsyncHttpxClient(timeout=self.timeout,
+                                                      event_hooks={"request": [_count_attempt_async]})
+                self._async = (os.getpid(), loop, openai.AsyncOpenAI(**self._sdk_options(http)))
+            return self._async[1], self._async[2]
+
+    def close(self) -> None:
+        """Close the connections and stop the event loop thread; a later call opens new ones."""
+        with self._lock:
+            sync, self._sync = self._sync, None
+            started, self._async = self._async, None
+        if sync is not None and sync[0] == os.getpid():
+            sync[1].close()
+        if started is not None and started[0] == os.getpid():
+            _, loop, client = started
+            try:
+                asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=5)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+
+    def __enter__(self) -> "ChatClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ requests
 
-    def body(self, messages: Sequence[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-             stop: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> dict:
-        """The JSON body of one request; options left as None are not sent (the server's defaults apply)."""
-        body: dict[str, Any] = {"model": self.model, "messages": list(messages)}
+    def _arguments(self, messages: Sequence[dict], max_tokens: int | None, temperature: float | None,
+                   stop: Sequence[str] | None, extra: dict[str, Any] | None) -> dict:
+        """Keyword arguments of ``chat.completions.create``; options left as None are not sent."""
+        args: dict[str, Any] = {"model": self.model, "messages": list(messages)}
         if max_tokens is not None:
-            body["max_tokens"] = int(max_tokens)
+            args["max_tokens"] = int(max_tokens)
         if temperature is not None:
-            body["temperature"] = float(temperature)
+            args["temperature"] = float(temperature)
         if stop:
-            body["stop"] = list(stop)
+            args["stop"] = list(stop)
         if extra:
-            body.update(extra)
-        return body
+            args["extra_body"] = dict(extra)  # server-specific fields (top_p, skip_special_tokens, …) as given
+        if not self._api_key:
+            import openai
+
+            args["extra_headers"] = {"Authorization": openai.Omit()}
+        return args
 
     def complete(self, messages: Sequence[dict], *, max_tokens: int | None = None,
                  temperature: float | None = None, stop: Sequence[str] | None = None,
-                 extra: dict[str, Any] | None = None, context: str = "",
-                 abort: threading.Event | None = None) -> str:
+                 extra: dict[str, Any] | None = None, context: str = "") -> str:
         """``choices[0].message.content`` of one chat completion; :class:`InputError` when it cannot be had.
 
         ``context`` says what the request is for in error messages (``"video X segment (1, 2, 3)"``).
-        Setting ``abort`` stops further retries (the attempt in flight still runs to its timeout).
         """
         return self.complete_timed(messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
-                                   extra=extra, context=context, abort=abort)[0]
+                                   extra=extra, context=context)[0]
 
     def complete_timed(self, messages: Sequence[dict], *, max_tokens: int | None = None,
                        temperature: float | None = None, stop: Sequence[str] | None = None,
-                       extra: dict[str, Any] | None = None, context: str = "",
-                       abort: threading.Event | None = None) -> tuple[str, float]:
-        """Like :meth:`complete`, plus the wall seconds of the successful attempt alone."""
-        raw = json.dumps(self.body(messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
-                                   extra=extra)).encode()
-        return self._send(raw, context, abort)
+                       extra: dict[str, Any] | None = None, context: str = "") -> tuple[str, float]:
+        """Like :meth:`complete`, plus the seconds of the successful attempt alone (see the module doc)."""
+        import openai
 
-    def _send(self, raw_body: bytes, context: str, abort: threading.Event | None) -> tuple[str, float]:
-        abort = abort or threading.Event()
-        on = f" on {context}" if context else ""
-        last = "no attempt made"
-        attempt = 0
-        for attempt in range(self.retries + 1):
-            started = time.perf_counter()
-            try:
-                content = self._post(raw_body)
-                return content, time.perf_counter() - started
-            except _Failure as failure:
-                last = str(failure)
-                if not failure.retryable:
-                    raise InputError(f"{self.what}: {self.url} failed{on}: {last}; check that {self.base_url} "
-                                     f"is an OpenAI-compatible server that serves model {self.model!r}"
-                                     f"{self.serves}, and that the API key is right") from None
-                if attempt < self.retries:
-                    if abort.wait(self._wait(attempt, failure.retry_after)):
-                        break
-        raise InputError(f"{self.what}: {self.url} failed{on} after {attempt + 1} attempt(s), last error: "
-                         f"{last}; check that the server at {self.base_url} is running and serves model "
-                         f"{self.model!r}")
-
-    def _wait(self, attempt: int, retry_after: float | None) -> float:
-        wait = min(self.backoff * 2 ** attempt * (0.5 + random.random()), MAX_BACKOFF_S)
-        return max(wait, retry_after) if retry_after is not None else wait
-
-    def _post(self, raw_body: bytes) -> str:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        req = urllib.request.Request(self.url, data=raw_body, headers=headers, method="POST")
+        args = self._arguments(messages, max_tokens, temperature, stop, extra)
+        attempts = [0]
+        token = _ATTEMPTS.set(attempts)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            retryable = exc.code in RETRYABLE_STATUS or exc.code >= 500
-            raise _Failure(f"HTTP {exc.code}{_error_detail(exc)}", retryable, _retry_after(exc.headers)) from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise _Failure(f"no answer within {self.timeout:g} s (timed out)", True) from None
-            raise _Failure(f"connection failed ({exc.reason})", True) from None
-        except TimeoutError:
-            raise _Failure(f"no answer within {self.timeout:g} s (timed out)", True) from None
-        except (OSError, ValueError) as exc:  # resets, broken pipes, http.client protocol errors
-            raise _Failure(f"connection failed ({type(exc).__name__}: {exc})", True) from None
-        return _message_content(raw)
+            raw = self._sync_client().chat.completions.with_raw_response.create(**args)
+        except openai.APIError as exc:
+            raise self._failure(exc, attempts[0], context) from None
+        finally:
+            _ATTEMPTS.reset(token)
+        return self._answer(raw, context)
+
+    def submit(self, messages: Sequence[dict], *, max_tokens: int | None = None,
+               temperature: float | None = None, stop: Sequence[str] | None = None,
+               extra: dict[str, Any] | None = None, context: str = "") -> Future:
+        """Start one request on the client's event loop (``AsyncOpenAI``) and return a
+        :class:`concurrent.futures.Future` of ``(text, seconds)``, as :meth:`complete_timed` gives.
+
+        Many requests may be in flight at once over the shared connections; ``future.cancel()``
+        stops a request at once, the attempt in flight and any retry wait included.
+        """
+        args = self._arguments(messages, max_tokens, temperature, stop, extra)
+        loop, client = self._async_client()
+        return asyncio.run_coroutine_threadsafe(self._complete_async(client, args, context), loop)
+
+    async def _complete_async(self, client, args: dict, context: str) -> tuple[str, float]:
+        import openai
+
+        attempts = [0]
+        _ATTEMPTS.set(attempts)  # this task's own context
+        try:
+            raw = await client.chat.completions.with_raw_response.create(**args)
+        except openai.APIError as exc:
+            raise self._failure(exc, attempts[0], context) from None
+        return self._answer(raw, context)
+
+    # ------------------------------------------------------------------ answers and failures
+
+    def _answer(self, raw, context: str) -> tuple[str, float]:
+        """The text and the seconds of a 200 answer, or the :class:`InputError` saying why it has none."""
+        seconds = raw.http_response.elapsed.total_seconds()
+        try:
+            return _message_text(raw), seconds
+        except _BadAnswer as bad:
+            raise self._permanent(str(bad), context) from None
+
+    def _failure(self, exc, attempts: int, context: str) -> InputError:
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError):
+            return self._exhausted(f"no answer within {self.timeout:g} s (timed out)", attempts, context)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+            return self._exhausted(f"connection failed ({_one_line(reason)[:200]})", attempts, context)
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            last = f"HTTP {status}{_error_detail(exc)}"
+            retry_after = exc.response.headers.get("retry-after")
+            if retry_after:
+                last += f" (Retry-After: {_one_line(retry_after)[:40]})"
+            if status in RETRYABLE_STATUS or status >= 500:
+                return self._exhausted(last, attempts, context)
+            return self._permanent(last, context)
+        return self._permanent(f"{type(exc).__name__}: {_one_line(str(exc))[:300]}", context)
+
+    def _on(self, context: str) -> str:
+        return f" on {context}" if context else ""
+
+    def _permanent(self, last: str, context: str) -> InputError:
+        return InputError(self._scrub(
+            f"{self.what}: {self.url} failed{self._on(context)}: {last}; check that {self.base_url} is an "
+            f"OpenAI-compatible server that serves model {self.model!r}{self.serves}, and that the API key "
+            "is right"))
+
+    def _exhausted(self, last: str, attempts: int, context: str) -> InputError:
+        return InputError(self._scrub(
+            f"{self.what}: {self.url} failed{self._on(context)} after {max(attempts, 1)} attempt(s), last "
+            f"error: {last}; check that the server at {self.base_url} is running and serves model "
+            f"{self.model!r}"))
+
+    def _scrub(self, message: str) -> str:
+        return message.replace(self._api_key, "[API key]") if self._api_key else message
 
 
-def _message_content(raw: bytes) -> str:
-    """``choices[0].message.content`` of a chat-completions response, or a :class:`_Failure` saying why not."""
+def _message_text(raw) -> str:
+    """``choices[0].message.content`` of a raw SDK response, or :class:`_BadAnswer` saying why not."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        excerpt = raw[:120].decode("utf-8", "replace").replace("\n", " ")
-        raise _Failure(f"the response is not valid JSON (starts with {excerpt!r}); the endpoint must speak "
-                       "the OpenAI chat-completions API", False) from None
-    try:
-        content = data["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise _Failure("the response has no choices[0].message.content; the endpoint must speak the "
-                       "OpenAI chat-completions API", False) from None
+        completion = raw.parse()
+    except ValueError:  # the body claims JSON but is not
+        completion = None
+    if completion is None or isinstance(completion, str):
+        excerpt = _one_line(raw.http_response.text[:120])
+        raise _BadAnswer(f"the response is not valid JSON (starts with {excerpt!r}); the endpoint must speak "
+                         "the OpenAI chat-completions API")
+    choices = getattr(completion, "choices", None)
+    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+    if message is None or not hasattr(message, "content"):
+        raise _BadAnswer("the response has no choices[0].message.content; the endpoint must speak the OpenAI "
+                         "chat-completions API")
+    content = message.content
     if isinstance(content, list):  # some servers answer with content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     if not isinstance(content, str):
-        raise _Failure(f"choices[0].message.content is {type(content).__name__}, not text "
-                       "(the model produced no text)", False)
+        raise _BadAnswer(f"choices[0].message.content is {type(content).__name__}, not text "
+                         "(the model produced no text)")
     return content
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
+def _error_detail(exc) -> str:
     """The server's error message, shortened to one line, as ``": message"``."""
-    try:
-        raw = exc.read(2000)
-    except Exception:
-        return ""
-    text = raw.decode("utf-8", "replace")
-    try:
-        data = json.loads(text)
-        err = data.get("error", data) if isinstance(data, dict) else data
-        text = err.get("message", text) if isinstance(err, dict) else str(err)
-    except (json.JSONDecodeError, AttributeError):
-        pass
-    text = " ".join(str(text).split())[:300]
+    body = exc.body
+    if isinstance(body, dict):
+        text = body.get("message", body)
+    elif body is not None:
+        text = body
+    else:
+        try:
+            text = exc.response.text
+        except Exception:  # a streamed body that cannot be read any more
+            text = ""
+    text = _one_line(str(text))[:300]
     return f": {text}" if text else ""
 
 
-def _retry_after(headers) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date), capped."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, OverflowError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())

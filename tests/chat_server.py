@@ -16,8 +16,9 @@ arrived (frame count, time span, mean colour, subtitles) so a test can check it 
 
 Faults are planned per arriving request: ``faults`` is a list (the i-th request gets ``faults[i]``,
 later ones none) or a function ``index -> Fault | None``. A :class:`Fault` can answer with an HTTP
-status (and ``Retry-After``), delay the answer, or send raw bytes (malformed JSON). Every delay is
-capped by ``handler_cap`` seconds and cut short when the server shuts down.
+status (with its own error message and a ``Retry-After``), delay the answer, or send raw bytes with
+status 200 and any ``Content-Type`` (malformed JSON, an HTML page). Every delay is capped by
+``handler_cap`` seconds and cut short when the server shuts down.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class Fault:
 
     status: int | None = None          # answer with this HTTP status and an OpenAI-style error body
     retry_after: str | None = None     # ``Retry-After`` header sent with ``status``
+    message: str | None = None         # the error message sent with ``status`` ("injected fault N" if None)
     delay: float = 0.0                 # seconds to wait before answering (capped by ``handler_cap``)
     body: bytes | None = None          # send these bytes with status 200 (e.g. truncated JSON)
+    content_type: str = "application/json"  # the ``Content-Type`` sent with ``body``
 
 
 @dataclass
@@ -270,9 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(401, "Incorrect API key provided", "authentication_error")
         if fault and fault.status is not None:
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            return self._send_error(fault.status, f"injected fault {fault.status}", "server_error", extra)
+            message = fault.message if fault.message is not None else f"injected fault {fault.status}"
+            return self._send_error(fault.status, message, "server_error", extra)
         if fault and fault.body is not None:
-            return self._send_bytes(200, fault.body)
+            return self._send_bytes(200, fault.body, content_type=fault.content_type)
         try:
             request.payload = json.loads(raw)
             _validate(request, owner.models)
@@ -300,10 +304,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, data: dict, headers: dict | None = None) -> int:
         return self._send_bytes(status, json.dumps(data).encode(), headers)
 
-    def _send_bytes(self, status: int, body: bytes, headers: dict | None = None) -> int:
+    def _send_bytes(self, status: int, body: bytes, headers: dict | None = None,
+                    content_type: str = "application/json") -> int:
         self._stop_counting()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)

@@ -22,14 +22,14 @@ def question(video: str = "vid_a", qid: str = "q") -> Question:
     return Question(video, "What colour is the circle?", ["red", "blue", "green", "gray"], answer="B", qid=qid)
 
 
-def _examples(tools, tokenizer, max_turns: int):
+def _examples(tools, tokenizer, max_rounds: int):
     """(context tokens, target tokens) exactly as the rollout runner builds contexts."""
     from longvideo_r1.rollout.chat import ChatTokens
 
     chat = ChatTokens(tokenizer)
     first_turn = tokenizer.encode(FIRST_TURN, add_special_tokens=False)
     for video, _ in VIDEOS:
-        episode = tools.start(question(video), EpisodeConfig(max_rounds=max_turns, keep_malformed=True,
+        episode = tools.start(question(video), EpisodeConfig(max_rounds=max_rounds, keep_malformed=True,
                                                             last_round_note="append"))
         prompt = chat.prompt_ids(episode.prompt())
         observation, _ = tools.run(video, Action("get_caption", ids=(1, 1)))
@@ -38,7 +38,7 @@ def _examples(tools, tokenizer, max_turns: int):
             tokenizer.encode(SECOND_TURN, add_special_tokens=False)
 
 
-def train_tiny_navigator(out_dir: Path, tools, max_turns: int = 4, steps: int = 200, lr: float = 1e-2,
+def train_tiny_navigator(out_dir: Path, tools, max_rounds: int = 4, steps: int = 200, lr: float = 1e-2,
                          seed: int = 0) -> Path:
     import torch
     import torch.nn.functional as F
@@ -50,7 +50,7 @@ def train_tiny_navigator(out_dir: Path, tools, max_turns: int = 4, steps: int = 
     tok = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    examples = list(_examples(tools, tok, max_turns))
+    examples = list(_examples(tools, tok, max_rounds))
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for _ in range(steps):
         total = 0.0

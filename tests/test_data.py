@@ -29,8 +29,15 @@ from longvideo_r1.platform.cli import main
 from longvideo_r1.rollout.chat import ChatTokens
 from longvideo_r1.rollout.engine import EngineStats, Generation
 from longvideo_r1.rollout.runner import RolloutConfig, run_rollouts
-from longvideo_r1.trainer.data import (SFTDataset, episode_config, read_rl_rows, read_sft_records, sft_batches,
-                                       split_validation, tokenize_trajectory)
+from longvideo_r1.trainer.batches import (
+    SFTDataset,
+    sft_batches,
+    split_validation,
+    tokenize_trajectory,
+)
+from longvideo_r1.trainer.rl_data import read_rl_rows
+from longvideo_r1.trainer.sft_data import read_sft_records
+from longvideo_r1.trainer.splits import episode_config
 from tests.chat_server import ChatServer, Fault
 
 pytestmark = pytest.mark.slow   # captioning the demo corpus into a store takes several seconds
@@ -330,7 +337,7 @@ def test_tokenized_trajectories_are_exactly_the_rollout_runner_contexts(trajecto
     for row, rounds, messages in trajectories:
         tokens = tokenize_trajectory(chat, messages)
         engine = ReplayEngine(tokenizer, assistant_texts(messages))
-        [episode] = run_rollouts(engine, tools, [Question.from_row(row)], RolloutConfig(n=1, max_turns=rounds))
+        [episode] = run_rollouts(engine, tools, [Question.from_row(row)], RolloutConfig(n=1, max_rounds=rounds))
         assert episode.trace["messages"] == messages           # the runner played the same episode
         assert tokens["input_ids"] == episode.prompt_ids + episode.response_ids
         assert tokens["loss_mask"] == [0] * len(episode.prompt_ids) + episode.response_mask

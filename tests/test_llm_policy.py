@@ -72,12 +72,12 @@ def test_an_endpoint_policy_is_told_about_the_last_round(store):
     assert sum(m["content"] == LAST_ROUND_NOTE for m in last) == 1
 
 
-def test_an_unreachable_endpoint_is_an_input_error_naming_it(store):
+def test_a_failing_endpoint_is_an_input_error_naming_it(store):
     with ChatServer(faults=lambda i: Fault(status=503)) as srv:
         policy = OpenAIPolicy(srv.base_url, "test-model", retries=1)
-        policy.client.backoff = 0.01
-        with pytest.raises(InputError, match="127.0.0.1"):
+        with pytest.raises(InputError, match=r"llm policy: .*127\.0\.0\.1.*question q1 round 1 after 2 attempt"):
             run_episode(policy, question(), Tools(store))
+    assert [r.status for r in srv.requests] == [503, 503]
 
 
 @pytest.mark.parametrize("spec", ["openai:model-only", "openai:@http://x", "local:", "gpt4"])

@@ -33,7 +33,6 @@ def make_request(i: int = 0, n: int = 3, colour=(200, 30, 60), level: str = "low
 
 def captioner(srv_or_url, **options) -> OpenAICaptioner:
     url = srv_or_url if isinstance(srv_or_url, str) else srv_or_url.base_url
-    options.setdefault("backoff", 0.01)
     return OpenAICaptioner(url, MODEL, **options)
 
 
@@ -142,7 +141,7 @@ def test_a_transient_500_is_retried_and_succeeds():
 
 def test_a_429_is_retried_after_the_time_the_server_asks_for():
     with ChatServer(faults=[Fault(status=429, retry_after="1")]) as srv:
-        (caption,) = caption_all(captioner(srv, retries=2, backoff=0.01), [make_request()])
+        (caption,) = caption_all(captioner(srv, retries=2), [make_request()])
     first, second = srv.requests
     assert (first.status, second.status) == (429, 200)
     assert second.started - first.finished >= 0.9

@@ -13,10 +13,10 @@ from longvideo_r1.platform.config import load_config
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 
 
-SMALL = ["corpus.videos=2", "corpus.minutes=2", "sft.epochs=1", "rl.steps=2", "rl.questions_per_step=2", "rl.n=2",
-         "rl.max_turns=3", "rl.max_turn_tokens=24", "rl.val_every=2", "rl.val_questions=2", "rl.save_every=1",
-         "eval.max_rounds=3", "eval.max_turn_tokens=24", "eval.baselines=[random]",
-         "rl.rollout.engine_options={max_model_len: 8192}", "eval.engine_options={max_model_len: 8192}"]
+SMALL = ["corpus.videos=2", "corpus.minutes=2", "sft.epochs=1", "rl.steps=2", "rl.questions_per_step=2",
+         "rl.rollout.n=2", "rl.rollout.max_rounds=3", "rl.rollout.max_turn_tokens=24", "rl.val_every=2",
+         "rl.val_questions=2", "rl.save_every=1", "eval.max_rounds=3", "eval.baselines=[random]",
+         "rl.rollout.engine_options={max_model_len: 8192}"]
 
 
 def run_pipeline(out, *extra, small=True):
@@ -63,11 +63,27 @@ def test_the_demo_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path):
 
     second = run_pipeline(out)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "already generated" in second.stderr and "built 0, skipped 2" in second.stderr
     again = json.loads((out / "summary.json").read_text())
     assert again["captions_per_level"] == summary["captions_per_level"]
     assert again["rl"]["reward_last"] == summary["rl"]["reward_last"]
-    assert again["stage_seconds"]["rl"] < 30 and again["stage_seconds"]["sft"] < 30   # skipped, not retrained
+    for stage in ("corpus", "captions", "sft_data", "sft", "rl_data", "rl", "eval"):      # skipped, not redone
+        assert f"{stage}: up to date" in second.stderr and stage not in again["stage_seconds"], stage
+    assert again["eval"]["metrics"] == summary["eval"]["metrics"]
+
+    # a changed round limit rebuilds the RL rows and everything after them; more RL steps continue RL
+    third = run_pipeline(out, "rl.rollout.max_rounds=2", "eval.enabled=false")
+    assert third.returncode == 0, third.stderr[-3000:]
+    redone = json.loads((out / "summary.json").read_text())
+    assert {"rl_data", "rl"} <= set(redone["stage_seconds"]) and "sft" not in redone["stage_seconds"]
+    fourth = run_pipeline(out, "rl.rollout.max_rounds=2", "eval.enabled=false", "rl.steps=3")
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert "rl: continuing from step 2 to 3" in fourth.stderr
+    steps = [json.loads(line)["step"] for line in (out / "rl" / "history.jsonl").read_text().splitlines()]
+    assert steps == [-1, 0, 1, 2]
+    runs = client.search_runs([client.get_experiment_by_name("longvideo-r1").experiment_id])
+    rl_runs = [r for r in runs if r.info.run_name == "rl"]
+    assert len(rl_runs) == 3 and all(client.get_metric_history(r.info.run_id, "rollout/reward_mean")
+                                     for r in rl_runs)   # every RL run that really ran kept its metrics
 
 
 def test_the_shipped_demo_config_loads_and_overrides_apply():
@@ -103,9 +119,11 @@ def test_every_shipped_config_loads_and_its_placement_fits_its_cluster(name, nod
     p = plan(config.placement, totals, nodes)
     assert p.slots["learner"] and p.slots["rollout"]
     if "GPU" in nodes[0]:
-        assert config.sft.learner.zero_stage == 3 and config.rl.n == 16 and config.rl.questions_per_step == 12
+        r = config.rl.rollout
+        assert config.sft.learner.zero_stage == 3 and r.n == 16 and config.rl.questions_per_step == 12
         assert config.rl.learner.lr == 1e-6 and config.rl.learner.kl_coef == 1e-4 and config.rl.learner.kl_kind == "k3"
-        assert config.rl.max_response_tokens == 12288 and config.rl.max_observation_tokens == 8192
+        assert r.max_rounds == 15 and r.max_response_tokens == 12288 and r.max_observation_tokens == 8192
+        assert config.eval.max_rounds == 30
         with pytest.raises(Exception, match="GPU"):      # a cluster too small is named, not waited on
             plan(config.placement, {"CPU": 96.0, "GPU": 4.0}, [{"CPU": 96.0, "GPU": 4.0}])
 

@@ -8,7 +8,8 @@ import pytest
 import ray
 import torch
 
-from longvideo_r1.platform.rl_loop import RLConfig, RolloutSection, question_order, train_rl
+from longvideo_r1.rollout.runner import RolloutConfig
+from longvideo_r1.trainer.rl import RLConfig, question_order, train_rl
 from longvideo_r1.trainer.learner import LearnerConfig
 from tests.navigator import question
 
@@ -24,7 +25,8 @@ def ray4():
 
 @pytest.fixture(scope="module")
 def rl_data(tmp_path_factory, rollout_tools):
-    from longvideo_r1.trainer.data import episode_config, rl_rows, write_rl_parquet
+    from longvideo_r1.trainer.rl_data import rl_rows, write_rl_parquet
+    from longvideo_r1.trainer.splits import episode_config
 
     root = tmp_path_factory.mktemp("rl-data")
     qs = [question("vid_a" if i % 2 == 0 else "vid_b", f"q{i}") for i in range(4)]
@@ -33,10 +35,11 @@ def rl_data(tmp_path_factory, rollout_tools):
     return root
 
 
-def rl_config(algorithm="grpo", steps=2, **kw) -> RLConfig:
-    options = dict(algorithm=algorithm, steps=steps, questions_per_step=2, n=2, max_turns=4, max_turn_tokens=24,
-                   max_response_tokens=2048, max_observation_tokens=1024, val_every=1, save_every=1,
-                   rollout=RolloutSection(engine="vllm", video_qa="none", engine_options={"max_model_len": 4096}),
+def rl_config(algorithm="grpo", steps=2, temperature=1.0, **kw) -> RLConfig:
+    options = dict(algorithm=algorithm, steps=steps, questions_per_step=2, val_every=1, save_every=1,
+                   rollout=RolloutConfig(engine="vllm", video_qa="none", engine_options={"max_model_len": 4096}, n=2,
+                                         max_rounds=4, max_turn_tokens=24, max_response_tokens=2048,
+                                         max_observation_tokens=1024, temperature=temperature),
                    learner=LearnerConfig(lr=1e-4, kl_coef=1e-3, micro_batch_tokens=4096))
     options.update(kw)
     return RLConfig(**options)
@@ -74,9 +77,11 @@ def test_grpo_steps_score_update_and_sync(ray4, rl_data, rollout_tools, tiny_nav
     original = AutoModelForCausalLM.from_pretrained(tiny_navigator_dir, dtype=torch.float32)
     moved = max((a - b).abs().max().item() for a, b in zip(exported.parameters(), original.parameters()))
     assert moved > 0                                       # the learner's update reached the export
-    # a finished stage is skipped on rerun
-    assert train_rl(rl_config(), rl_data / "train.parquet", None, rollout_tools.captions.root,
-                    tiny_navigator_dir, tmp_path / "rl")["steps"] == 2
+    # more steps continue the finished run from its last checkpoint: the first two rows are kept as they were
+    more = train_rl(rl_config(steps=3), rl_data / "train.parquet", rl_data / "val.parquet", rollout_tools.captions.root,
+                    tiny_navigator_dir, tmp_path / "rl")
+    assert [h["step"] for h in more["history"]] == [-1, 0, 1, 2]
+    assert more["history"][:3] == summary["history"]
 
 
 def test_ppo_step_uses_the_value_head(ray4, rl_data, rollout_tools, tiny_navigator_dir, tmp_path):

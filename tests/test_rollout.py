@@ -90,7 +90,7 @@ def test_update_weights_makes_the_running_engine_generate_from_the_new_weights(v
 def test_episodes_call_tools_and_answer_with_exact_token_accounting(engine_name, request, tools):
     engine = request.getfixturevalue(engine_name)
     episodes = run_rollouts(engine, tools, [question("vid_a", "q0"), question("vid_b", "q1")],
-                            RolloutConfig(n=2, max_turns=4, temperature=0.0))
+                            RolloutConfig(n=2, max_rounds=4, temperature=0.0))
     assert [(e.group, e.sample) for e in episodes] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     tok = engine.tokenizer
     for e in episodes:
@@ -106,38 +106,38 @@ def test_episodes_call_tools_and_answer_with_exact_token_accounting(engine_name,
 
 
 def test_long_observations_are_truncated_with_a_marker(vllm_engine, tools):
-    e = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(max_turns=4, temperature=0.0,
+    e = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(n=1, max_rounds=4, temperature=0.0,
                                                                       max_observation_tokens=12))[0]
     observed = [t for t, m in zip(e.response_ids, e.response_mask) if not m]
     assert TRUNCATION_MARKER.strip() in vllm_engine.tokenizer.decode(observed)
 
 
 def test_the_response_budget_ends_an_episode(vllm_engine, tools):
-    e = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(max_turns=4, temperature=0.0,
+    e = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(n=1, max_rounds=4, temperature=0.0,
                                                                       max_response_tokens=40))[0]
     assert e.finish == "budget" and e.answer is None and len(e.response_ids) <= 40
 
 
 def test_the_last_round_note_is_appended_once_to_the_latest_user_turn(vllm_engine, tools):
-    e = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(max_turns=1, temperature=0.0))[0]
+    e = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(n=1, max_rounds=1, temperature=0.0))[0]
     assert vllm_engine.tokenizer.decode(e.prompt_ids).count(LAST_ROUND_NOTE) == 1
-    assert e.finish == "max_turns" and e.answer is None
-    e2 = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(max_turns=2, temperature=0.0))[0]
+    assert e.finish == "max_rounds" and e.answer is None
+    e2 = run_rollouts(vllm_engine, tools, [question()], RolloutConfig(n=1, max_rounds=2, temperature=0.0))[0]
     assert LAST_ROUND_NOTE not in vllm_engine.tokenizer.decode(e2.prompt_ids)
     assert vllm_engine.tokenizer.decode(e2.response_ids).count(LAST_ROUND_NOTE) == 1
 
 
 def test_a_batch_converts_to_aligned_padded_tensors(vllm_engine, tools):
     episodes = run_rollouts(vllm_engine, tools, [question("vid_a"), question("vid_b")],
-                            RolloutConfig(n=1, max_turns=4, temperature=1.0, max_turn_tokens=24))
+                            RolloutConfig(n=1, max_rounds=4, temperature=1.0, max_turn_tokens=24))
     batch = to_batch(episodes, pad_id=vllm_engine.tokenizer.pad_token_id)
     for row, e in enumerate(episodes):
         p, r = len(e.prompt_ids), len(e.response_ids)
         assert batch["input_ids"][row, : p + r].tolist() == e.prompt_ids + e.response_ids
         assert batch["attention_mask"][row].sum() == p + r
-        assert batch["response_mask"][row, p: p + r].tolist() == e.response_mask
-        assert batch["response_mask"][row, :p].sum() == 0
-        assert torch.allclose(batch["rollout_logprobs"][row, p: p + r], torch.tensor(e.logprobs))
+        assert batch["loss_mask"][row, p: p + r].tolist() == e.response_mask
+        assert batch["loss_mask"][row, :p].sum() == 0
+        assert torch.allclose(batch["old_logprobs"][row, p: p + r], torch.tensor(e.logprobs))
 
 
 def test_special_tokens_in_an_observation_are_neutralised(vllm_engine):

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pool(tiny_navigator_dir, rollout_tools):
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    spec = WorkerSpec(engine="vllm", model=str(tiny_navigator_dir), engine_options={"max_model_len": 8192},
-                      store=str(rollout_tools.captions.root), video_qa=None, num_cpus=1)
+    spec = WorkerSpec(model=str(tiny_navigator_dir), store=str(rollout_tools.captions.root), num_cpus=1,
+                      rollout=RolloutConfig(engine="vllm", engine_options={"max_model_len": 8192}, video_qa="none"))
     pool = RolloutPool(spec, num_workers=2)
     yield pool
     pool.shutdown()
@@ -31,7 +31,7 @@ def questions(count):
 
 def test_every_sample_comes_back_grouped_by_question_in_order(pool):
     qs = questions(6)
-    episodes = pool.rollout(qs, RolloutConfig(n=3, max_turns=4, temperature=0.0))
+    episodes = pool.rollout(qs, RolloutConfig(n=3, max_rounds=4, temperature=0.0))
     assert [(e.group, e.sample) for e in episodes] == [(g, k) for g in range(6) for k in range(3)]
     assert [e.question.qid for e in episodes] == [q.qid for q in qs for _ in range(3)]
     assert all(e.answer == "B" and e.visited == [(1, 1)] for e in episodes)
@@ -39,7 +39,7 @@ def test_every_sample_comes_back_grouped_by_question_in_order(pool):
 
 def test_work_is_spread_over_the_workers(pool):
     before = [s["generate_calls"] for s in pool.stats()]
-    pool.rollout(questions(8), RolloutConfig(n=2, max_turns=4, temperature=0.0))
+    pool.rollout(questions(8), RolloutConfig(n=2, max_rounds=4, temperature=0.0))
     after = [s["generate_calls"] for s in pool.stats()]
     assert all(a > b for a, b in zip(after, before))
 
@@ -49,12 +49,12 @@ def test_new_weights_reach_every_worker_and_change_what_they_generate(pool, tiny
     trained = AutoModelForCausalLM.from_pretrained(str(tiny_navigator_dir), dtype=torch.float32)
     try:
         pool.update_weights(base.state_dict().items(), version=1)
-        episodes = pool.rollout(questions(4), RolloutConfig(max_turns=2, temperature=0.0, max_turn_tokens=16))
+        episodes = pool.rollout(questions(4), RolloutConfig(n=1, max_rounds=2, temperature=0.0, max_turn_tokens=16))
         assert all(e.policy_version == 1 for e in episodes)
         assert all(e.answer is None and e.visited == [] for e in episodes)   # random weights write no valid turn
     finally:
         pool.update_weights(trained.state_dict().items(), version=2)
-    episodes = pool.rollout(questions(4), RolloutConfig(max_turns=4, temperature=0.0))
+    episodes = pool.rollout(questions(4), RolloutConfig(n=1, max_rounds=4, temperature=0.0))
     assert all(e.policy_version == 2 and e.answer == "B" for e in episodes)
 
 
@@ -64,7 +64,7 @@ def test_a_worker_killed_mid_batch_costs_no_episode(pool, tiny_navigator_dir):
     trained = AutoModelForCausalLM.from_pretrained(str(tiny_navigator_dir), dtype=torch.float32)
     pool.update_weights(base.state_dict().items(), version=3)
     qs = questions(8)
-    config = RolloutConfig(n=2, max_turns=6, temperature=1.0, max_turn_tokens=48)
+    config = RolloutConfig(n=2, max_rounds=6, temperature=1.0, max_turn_tokens=48)
     victim = pool.workers[0]
     killer = threading.Timer(1.0, lambda: ray.kill(victim, no_restart=True))
     try:
@@ -73,9 +73,9 @@ def test_a_worker_killed_mid_batch_costs_no_episode(pool, tiny_navigator_dir):
         killer.join()
         assert pool.restarts == 1 and victim not in pool.workers and len(pool.workers) == 2
         assert [(e.group, e.sample) for e in episodes] == [(g, k) for g in range(8) for k in range(2)]
-        assert all(e.finish == "max_turns" and len(e.trace["turns"]) == 6 for e in episodes)
+        assert all(e.finish == "max_rounds" and len(e.trace["turns"]) == 6 for e in episodes)
         # the replacement got the latest weights before it played
         assert all(e.policy_version == 3 for e in episodes)
     finally:
         pool.update_weights(trained.state_dict().items(), version=4)
-    assert all(e.answer == "B" for e in pool.rollout(qs[:4], RolloutConfig(max_turns=4, temperature=0.0)))
+    assert all(e.answer == "B" for e in pool.rollout(qs[:4], RolloutConfig(n=1, max_rounds=4, temperature=0.0)))

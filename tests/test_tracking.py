@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from longvideo_r1.platform import cli
-from longvideo_r1.platform.tracking import (PARAM_VALUE_LIMIT, RECORD_FILE, FinishedRun, Tracker, TrackingConfig,
+from longvideo_r1.platform.tracking import (PARAM_VALUE_LIMIT, RECORD_FILE, Tracker, TrackingConfig,
                                             flatten_params, metric_key)
 
 
@@ -143,7 +143,8 @@ def test_fake_pipeline_in_the_default_sqlite_store(tmp_path, no_env_uri):
     assert json.loads(Path(summary).read_text()) == {"accuracy": 0.5}
 
 
-def test_ctrl_c_marks_runs_killed_and_a_rerun_resumes_them(tmp_path, no_env_uri, capsys):
+def test_ctrl_c_marks_runs_killed_and_a_rerun_resumes_the_parent_with_fresh_stage_runs(tmp_path, no_env_uri,
+                                                                                      capsys):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         fake_pipeline(Tracker(TrackingConfig(), out, "resumable"), tmp_path, interrupt_in="grpo")
@@ -154,41 +155,103 @@ def test_ctrl_c_marks_runs_killed_and_a_rerun_resumes_them(tmp_path, no_env_uri,
     assert client.get_run(sft_id).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(grpo_id, "reward/mean")] == [0]
 
-    # The rerun: same parent run, the finished stage kept as it was, the killed stage continued.
+    # The rerun: the same parent run; a stage that runs again gets a fresh nested run that keeps what
+    # is logged to it (never a finished run that drops it), linked to the attempt before it.
     tracker = Tracker(TrackingConfig(), out, "resumable")
-    seen = {}
     changed = FakeConfig(notes="changed")
     with tracker.pipeline(params=changed) as parent:
         assert parent.run_id == parent_id and parent.resumed
         with tracker.stage("sft", params=changed.sft) as s:
-            seen["sft"] = s
-            s.log_metrics({"train/loss": 99.0}, step=3)            # ignored: the stage finished before
+            assert s.run_id != sft_id and not s.resumed
+            s.log_metrics({"train/loss": 0.25}, step=3)
+            new_sft = s.run_id
         with tracker.stage("grpo") as s:
-            assert s.run_id == grpo_id and s.resumed
+            assert s.run_id not in (grpo_id, new_sft)
             s.log_metrics({"reward/mean": 0.2}, step=1)
-    assert isinstance(seen["sft"], FinishedRun) and seen["sft"].run_id == sft_id
+            new_grpo = s.run_id
     client, record = client_for(out)
-    assert record["run_id"] == parent_id and record["stages"] == {"sft": sft_id, "grpo": grpo_id}
+    assert record["run_id"] == parent_id and record["stages"] == {"sft": new_sft, "grpo": new_grpo}
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["notes"].startswith("nnn")                   # params are immutable …
     assert parent.data.tags["lvr1.param_changed.notes"].endswith("-> changed")   # … the change is a tag
     assert "lvr1.resumed_at" in parent.data.tags
-    assert client.get_run(grpo_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(grpo_id, "reward/mean")] == [0, 1]
+    for old, new in ((sft_id, new_sft), (grpo_id, new_grpo)):
+        run = client.get_run(new)
+        assert run.info.status == "FINISHED" and run.data.tags["lvr1.previous_run"] == old
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+    assert client.get_run(grpo_id).info.status == "KILLED"                 # the first attempt as it ended
+    assert [m.step for m in client.get_metric_history(grpo_id, "reward/mean")] == [0]
+    assert [m.step for m in client.get_metric_history(new_grpo, "reward/mean")] == [1]
     assert [m.step for m in client.get_metric_history(sft_id, "train/loss")] == [0, 1, 2]
+    assert [(m.step, m.value) for m in client.get_metric_history(new_sft, "train/loss")] == [(3, 0.25)]
     assert "param(s) differ" in capsys.readouterr().err
 
-    # A stage whose params changed gets a fresh run; an exception marks runs FAILED.
+    # An exception marks the stage and the parent FAILED.
     with pytest.raises(ValueError):
         with tracker.pipeline():
             with tracker.stage("sft", params=FakeSFT(lr=3e-4)) as s:
-                assert s.run_id != sft_id and not s.finished_before
+                failing = s.run_id
                 raise ValueError("boom")
     client, record = client_for(out)
-    new_sft = record["stages"]["sft"]
-    assert client.get_run(new_sft).info.status == "FAILED" and client.get_run(parent_id).info.status == "FAILED"
-    assert client.get_run(sft_id).data.tags["lvr1.superseded_by"] == new_sft
+    assert record["stages"]["sft"] == failing
+    assert client.get_run(failing).info.status == "FAILED" and client.get_run(parent_id).info.status == "FAILED"
+    assert client.get_run(failing).data.params["lr"] == "0.0003"
+
+
+def test_a_stage_run_twice_gives_two_nested_runs_holding_their_own_metrics(tmp_path, no_env_uri):
+    out = tmp_path / "run"
+    for attempt in range(2):                              # two invocations, the stage finishing each time
+        tracker = Tracker(TrackingConfig(system_metrics=False), out, "twice")
+        with tracker.pipeline():
+            with tracker.stage("sft") as s:
+                s.log_metrics({"loss": 1.0 + attempt}, step=attempt)
+    with tracker.pipeline():                              # and twice within one invocation
+        for attempt in (2, 3):
+            with tracker.stage("sft") as s:
+                tracker.log_metrics({"loss": 1.0 + attempt}, step=attempt)   # the innermost run
+    client, record = client_for(out)
+    children = client.search_runs([record["experiment_id"]], order_by=["attributes.start_time ASC"],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{record['run_id']}'")
+    assert [c.info.run_name for c in children] == ["sft"] * 4
+    assert [c.info.status for c in children] == ["FINISHED"] * 4
+    assert [c.data.metrics["loss"] for c in children] == [1.0, 2.0, 3.0, 4.0]
+    assert [c.data.tags.get("lvr1.previous_run") for c in children] == [None] + [c.info.run_id for c in children[:3]]
+    assert record["stages"] == {"sft": children[-1].info.run_id}
+
+
+def test_many_params_and_metrics_in_one_call_reach_the_run(tmp_path, no_env_uri):
+    out = tmp_path / "run"
+    tracker = Tracker(TrackingConfig(system_metrics=False), out, "big")
+    params = {f"p{i:04d}": i for i in range(1234)}                     # MLflow takes 100 per request
+    metrics = {f"m{i:04d}": float(i) for i in range(2500)}             # and 1000 entities per request
+    with tracker.pipeline(params=params) as parent:
+        parent.log_metrics(metrics, step=7)
+    client, record = client_for(out)
+    run = client.get_run(record["run_id"])
+    assert all(run.data.params[k] == str(v) for k, v in params.items())
+    assert run.data.metrics == {**metrics, **{k: v for k, v in run.data.metrics.items() if k.startswith("system/")}}
+
+
+def test_system_metrics_are_sampled_on_the_parent_run_only(tmp_path, no_env_uri):
+    out = tmp_path / "run"
+    tracker = Tracker(TrackingConfig(system_metrics_interval=0.2), out, "sampled")
+    with tracker.pipeline():
+        with tracker.stage("work") as s:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:                              # a little CPU to measure
+                sum(i * i for i in range(20000))
+            s.log_metrics({"done": 1})
+        assert tracker.system_monitor is not None
+    assert tracker.system_monitor is None                                   # stopped with the parent
+    client, record = client_for(out)
+    parent = client.get_run(record["run_id"])
+    system = {k for k in parent.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
+    steps = [m.step for m in client.get_metric_history(parent.info.run_id, "system/cpu_utilization_percentage")]
+    assert steps and steps == list(range(len(steps)))
+    stage = client.get_run(record["stages"]["work"])
+    assert not any(k.startswith("system/") for k in stage.data.metrics)
 
 
 def test_disabled_tracker_creates_nothing_and_never_imports_mlflow(tmp_path):

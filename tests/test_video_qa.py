@@ -182,7 +182,7 @@ def test_extract_answer(reply, want):
 
 def test_server_errors_are_input_errors_naming_the_endpoint(striped):
     with ChatServer(faults=lambda i: Fault(status=500)) as srv:
-        qa = OpenAIVideoQA(srv.base_url, MODEL, num_frames=2, retries=1, backoff=0.01)
+        qa = OpenAIVideoQA(srv.base_url, MODEL, num_frames=2, retries=1)
         with pytest.raises(InputError) as err:
             qa.answer(striped, (1, 1, 1), "what?")
     message = str(err.value)

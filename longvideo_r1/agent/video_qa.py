@@ -233,20 +233,22 @@ class OpenAIVideoQA:
     """video_qa through an OpenAI-compatible vision-language endpoint (e.g. ``vllm serve Qwen3-VL-32B``).
 
     ``system_prompt`` replaces ours. ``temperature`` None leaves the server's default (as the
-    reference does). The seconds returned are those of the successful HTTP attempt.
+    reference does). The seconds returned are those of the successful HTTP attempt (its request sent
+    to its answer read: :meth:`~longvideo_r1.openai_client.ChatClient.complete_timed`). Retries and
+    their waits are the openai SDK's (:mod:`longvideo_r1.openai_client`).
     """
 
     name = "openai"
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None, num_frames: int = NUM_FRAMES,
                  max_side: int = MAX_SIDE, split: str = "flat", timeout: float = 120.0, retries: int = 2,
-                 backoff: float = 1.0, max_tokens: int = 1024, system_prompt: str | None = None,
+                 max_tokens: int = 1024, system_prompt: str | None = None,
                  temperature: float | None = None, jpeg_quality: int = 90):
         _check_options(num_frames, max_side, split)
         if not 1 <= jpeg_quality <= 100:
             raise InputError(f"openai video_qa: jpeg_quality must be in 1..100, got {jpeg_quality}")
         self.client = ChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
-                                 backoff=backoff, what="openai video_qa", serves=" with image input")
+                                 what="openai video_qa", serves=" with image input")
         self.num_frames = num_frames
         self.max_side = max_side
         self.split = split

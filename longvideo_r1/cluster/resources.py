@@ -412,43 +412,13 @@ def _pack(p: Plan, nodes: list[dict]) -> tuple[list[list[str]], list[dict[str, f
     return layout, [{r: round(c[r] - f[r], 4) for r in RESOURCES} for c, f in zip(caps, free)]
 
 
-# ----------------------------------------------------------------------------------- the GPU recipe
-
-TWO_NODES_8_GPUS: tuple[dict[str, float], ...] = ({"CPU": 96.0, "GPU": 8.0}, {"CPU": 96.0, "GPU": 8.0})
-"""The reference cluster: 2 nodes × 8 GPUs (96 CPUs each)."""
-
-
-def qwen3_8b_two_nodes() -> PlacementConfig:
-    """PROTOCOL §5 scaled to 2 nodes × 8 GPUs: per node 6 GPUs for the policy, 2 for video_qa.
-
-    Policy: 12 hybrid-engine GPUs, each holding one Qwen3-8B vLLM engine (TP 1: 16 GB of bf16
-    weights fit one GPU) and one DeepSpeed rank (ZeRO-3; the reference model lives inside the
-    learner ranks; GRPO needs no critic). video_qa: 2 replicas of Qwen3-VL-32B (64 GB of bf16
-    weights) with tensor parallelism 2, each on 2 GPUs of one node.
-    """
-    return PlacementConfig(
-        strategy="PACK",
-        colocate=[["rollout", "learner"]],
-        rollout=RoleResources(12, 4.0, 1.0),
-        learner=RoleResources(12, 4.0, 1.0),
-        reference=RoleResources(0, 0.0, 0.0),
-        critic=RoleResources(0, 0.0, 0.0),
-        reward=RoleResources(2, 1.0, 0.0),
-        caption_store=RoleResources(2, 2.0, 0.0),
-        video_qa=RoleResources(2, 4.0, 1.0, tensor_parallel_size=2),
-    )
-
-
-def check_gpu_recipe(placement: PlacementConfig | None = None,
-                     nodes: list[dict] | tuple[dict, ...] = TWO_NODES_8_GPUS) -> Plan:
-    """Plan ``placement`` (default :func:`qwen3_8b_two_nodes`) on ``nodes`` (default 2 × 8 GPUs).
-
-    Checks the totals and the per-node packing (each tensor-parallel group on one node); returns
-    the plan with its ``layout``, or raises InputError saying what does not fit.
-    """
+def plan_on_nodes(placement: PlacementConfig, nodes: list[dict] | tuple[dict, ...]) -> Plan:
+    """Plan ``placement`` on ``nodes`` (each ``{"CPU": n, "GPU": m}``): the totals and the per-node
+    packing (each tensor-parallel group on one node); returns the plan with its ``layout``, or raises
+    InputError saying what does not fit. The GPU recipes live in ``configs/*.yaml`` only."""
     nodes = list(nodes)
     totals = {r: sum(_node_res(n)[r] for n in nodes) for r in RESOURCES}
-    return plan(placement or qwen3_8b_two_nodes(), totals, nodes)
+    return plan(placement, totals, nodes)
 
 
 # ----------------------------------------------------------------------------------- Ray

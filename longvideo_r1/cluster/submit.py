@@ -35,6 +35,10 @@ from typing import TextIO
 from longvideo_r1.errors import InputError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# The job's runtime environment, defined once. `lvr1 submit` sends it (see :func:`runtime_env`); the
+# README's `ray job submit` example and the KubeRay RayJob's `runtimeEnvYAML`
+# (configs/cluster/rayjob-2node-8gpu.yaml) spell out the same excludes and env_vars, and
+# tests/test_runtime_env.py fails when any of them drifts from these two constants.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     # gitignore syntax, relative to the working dir (a leading / anchors to its top). Ray also honours
     # the working dir's .gitignore and .rayignore files.
@@ -132,7 +136,8 @@ def pipeline_entrypoint(config: str | None = None, overrides: list[str] | None =
 
 def runtime_env(working_dir: str | Path = ".", env: dict[str, str] | None = None,
                 excludes: list[str] | tuple[str, ...] = ()) -> dict:
-    """The job's runtime environment: the working dir (minus big folders) and environment variables."""
+    """The job's runtime environment: the working dir (minus :data:`DEFAULT_EXCLUDES` and ``excludes``)
+    and the environment variables (:data:`DEFAULT_ENV`, then ``env``)."""
     root = Path(working_dir)
     if not root.is_dir():
         raise InputError(f"--working-dir {working_dir}: not a folder; give the repo root (default .)")

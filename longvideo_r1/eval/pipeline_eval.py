@@ -8,6 +8,7 @@ covers all of them. A label whose result file already covers every question is n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,21 +25,19 @@ def _done(path: Path, qids: set) -> bool:
 def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Path, config) -> Path:
     """Play every question with checkpoint ``model`` (greedy) and write ``out/<label>.jsonl``."""
     from longvideo_r1.eval.runner import PolicySpec, episode_record
-    from longvideo_r1.rollout.runner import RolloutConfig
     from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
 
     path = out / f"{label}.jsonl"
     questions = benchmark.questions
     if _done(path, {q.qid for q in questions}):
         return path
-    spec = WorkerSpec(engine=config.eval.engine, model=str(model), engine_options=dict(config.eval.engine_options),
-                      store=str(store), video_qa="offline", num_cpus=1.0)
-    pool = RolloutPool(spec, num_workers=1)
+    # rl.rollout's engine and token limits, played greedily, one episode per question, to eval.max_rounds
+    rollout = dataclasses.replace(config.rl.rollout, n=1, max_rounds=config.eval.max_rounds, temperature=0.0,
+                                  top_p=1.0, seed=0)
+    pool = RolloutPool(WorkerSpec(model=str(model), store=str(store), rollout=rollout, num_cpus=1.0), num_workers=1)
     try:
         t0 = time.perf_counter()
-        episodes = pool.rollout(questions, RolloutConfig(n=1, max_turns=config.eval.max_rounds,
-                                                         max_turn_tokens=config.eval.max_turn_tokens,
-                                                         temperature=0.0, seed=0))
+        episodes = pool.rollout(questions, rollout)
         wall = (time.perf_counter() - t0) / max(1, len(episodes))
     finally:
         pool.shutdown()

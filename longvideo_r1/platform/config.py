@@ -1,8 +1,18 @@
 """Typed pipeline configuration: YAML files map one-to-one onto these dataclasses.
 
-Every default lives here and only here. ``load_config(path, ["captions.workers=2", …])`` reads a
-YAML file, applies dotted command-line overrides, and rejects unknown keys and wrongly typed values
-with a message naming the key.
+The tree: this module's sections (corpus, captions, data, eval, ray) and the sections owned by the
+rooms that read them: ``sft`` (:class:`~longvideo_r1.trainer.sft.SFTConfig`), ``rl``
+(:class:`~longvideo_r1.trainer.rl.RLConfig`, with ``rl.rollout``
+:class:`~longvideo_r1.rollout.runner.RolloutConfig` and ``rl.learner`` / ``sft.learner``
+:class:`~longvideo_r1.trainer.learner.LearnerConfig`), ``tracking``
+(:class:`~longvideo_r1.platform.tracking.TrackingConfig`) and ``placement``
+(:class:`~longvideo_r1.cluster.resources.PlacementConfig`). Every key has one default, in its
+dataclass; recipes set what differs.
+
+``load_config([file, …], ["captions.workers=2", …])`` lays the YAML files over the defaults (later
+files win, key by key), applies dotted command-line overrides, and refuses, before anything starts,
+with an :class:`InputError` naming the key: unknown keys, wrongly typed values, keys that another
+setting decides (:data:`DERIVED`) and contradictions between settings (:func:`validate`).
 """
 
 from __future__ import annotations
@@ -17,8 +27,8 @@ import yaml
 
 from longvideo_r1.cluster.resources import PlacementConfig
 from longvideo_r1.errors import InputError
-from longvideo_r1.platform.rl_loop import RLConfig
 from longvideo_r1.platform.tracking import TrackingConfig
+from longvideo_r1.trainer.rl import RLConfig
 from longvideo_r1.trainer.sft import SFTConfig
 
 
@@ -63,7 +73,8 @@ class DataConfig:
     model: str | None = None
     """teacher model name (teacher=openai)"""
     max_rounds: int = 15
-    """round limit of the episodes (and of the system prompt): 15 in RL training (PROTOCOL §5)"""
+    """round limit of the teacher's episodes (and of their system prompt); the RL rows and episodes use
+    rl.rollout.max_rounds"""
     video_qa: str = "offline"
     """video_qa backend while the teacher plays: offline or none"""
 
@@ -75,11 +86,10 @@ class PipelineEvalConfig:
     enabled: bool = True
     split: str = "test"
     max_rounds: int = 15
-    max_turn_tokens: int = 512
+    """round limit of the evaluation episodes (PROTOCOL: 30 at evaluation; the engine, its options and
+    the token limits are rl.rollout's, played greedily, one episode per question)"""
     baselines: list = field(default_factory=lambda: ["random", "retrieval", "oracle"])
     """baseline navigators evaluated beside the trained models (see `lvr1 eval`)"""
-    engine: str = "vllm"
-    engine_options: dict = field(default_factory=lambda: {"max_model_len": 16384})
 
 
 @dataclass
@@ -113,6 +123,102 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+
+DERIVED = {
+    "sft.learner.model": "the pipeline's model (the top-level key model)",
+    "sft.learner.seed": "sft.seed",
+    "sft.learner.value_head": "the stage (SFT trains no value head)",
+    "rl.learner.model": "the SFT model (or the top-level key model when SFT is off)",
+    "rl.learner.seed": "rl.seed",
+    "rl.learner.value_head": "rl.algorithm (an estimator with a critic, ppo, carries a value head)",
+}
+"""Keys that another setting decides: setting them is refused, naming what decides them."""
+
+
+def _refuse_derived(data: dict) -> None:
+    for key, decided_by in DERIVED.items():
+        node = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise InputError(f"config key {key}: set by {decided_by}; remove it from the config")
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise InputError(f"config key {key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _at_least(key: str, value, low) -> None:
+    if value < low:
+        raise InputError(f"config key {key}: {value!r} must be at least {low}")
+
+
+def _check_learner(prefix: str, learner) -> None:
+    from longvideo_r1.trainer.algos import KL_KINDS
+    from longvideo_r1.trainer.learner import LOSS_AGGREGATIONS
+
+    _choice(f"{prefix}.zero_stage", learner.zero_stage, (0, 1, 2, 3))
+    _choice(f"{prefix}.dtype", learner.dtype, ("auto", "float32", "bf16"))
+    _choice(f"{prefix}.schedule", learner.schedule, ("constant", "linear", "cosine"))
+    _choice(f"{prefix}.loss_agg", learner.loss_agg, LOSS_AGGREGATIONS)
+    _choice(f"{prefix}.kl_kind", learner.kl_kind, tuple(KL_KINDS))
+    if learner.lr <= 0:
+        raise InputError(f"config key {prefix}.lr: {learner.lr!r} must be positive")
+    _at_least(f"{prefix}.micro_batch_tokens", learner.micro_batch_tokens, 1)
+    _at_least(f"{prefix}.ppo_epochs", learner.ppo_epochs, 1)
+
+
+def _check_endpoint(prefix: str, kind: str, endpoint, model) -> None:
+    if kind == "openai" and (not endpoint or not model):
+        raise InputError(f"config key {prefix}.endpoint: {prefix} uses an OpenAI-compatible server; set "
+                         f"{prefix}.endpoint (e.g. http://127.0.0.1:8000/v1) and {prefix}.model")
+
+
+def validate(config: PipelineConfig) -> None:
+    """Refuse contradictory or impossible settings, naming the key, before any actor starts."""
+    from longvideo_r1.cluster.resources import validate as validate_placement
+    from longvideo_r1.trainer.algos import ADVANTAGE_ESTIMATORS, KL_KINDS
+
+    _choice("captions.captioner", config.captions.captioner, ("offline", "openai"))
+    _check_endpoint("captions", config.captions.captioner, config.captions.endpoint, config.captions.model)
+    _at_least("captions.shards", config.captions.shards, 1)
+    _at_least("captions.workers", config.captions.workers, 1)
+    _choice("data.teacher", config.data.teacher, ("oracle", "openai"))
+    _check_endpoint("data", config.data.teacher, config.data.endpoint, config.data.model)
+    _choice("data.video_qa", config.data.video_qa, ("offline", "none"))
+    _at_least("data.max_rounds", config.data.max_rounds, 1)
+    _at_least("sft.epochs", config.sft.epochs, 1)
+    _check_learner("sft.learner", config.sft.learner)
+    rl = config.rl
+    _choice("rl.algorithm", rl.algorithm, tuple(ADVANTAGE_ESTIMATORS))
+    _choice("rl.kl_in_reward_kind", rl.kl_in_reward_kind, tuple(KL_KINDS))
+    if rl.kl_in_reward > 0 and not ADVANTAGE_ESTIMATORS[rl.algorithm].token_rewards:
+        raise InputError(f"config key rl.kl_in_reward: rl.algorithm {rl.algorithm} does not use token rewards, so "
+                         "a KL penalty in the reward changes nothing; put the KL in the loss (rl.learner.kl_coef) "
+                         "or use rl.algorithm: ppo")
+    _at_least("rl.steps", rl.steps, 0)
+    _at_least("rl.questions_per_step", rl.questions_per_step, 1)
+    _check_learner("rl.learner", rl.learner)
+    r = rl.rollout
+    _choice("rl.rollout.engine", r.engine, ("vllm", "transformers"))
+    _choice("rl.rollout.video_qa", r.video_qa, ("offline", "openai", "none"))
+    if r.video_qa == "openai":
+        _check_endpoint("rl.rollout.video_qa_options", "openai", r.video_qa_options.get("endpoint"),
+                        r.video_qa_options.get("model"))
+    for key in ("n", "max_rounds", "max_turn_tokens", "max_response_tokens", "max_observation_tokens", "tool_threads"):
+        _at_least(f"rl.rollout.{key}", getattr(r, key), 1)
+    if r.max_turn_tokens > r.max_response_tokens:
+        raise InputError(f"config key rl.rollout.max_turn_tokens: {r.max_turn_tokens} exceeds "
+                         f"rl.rollout.max_response_tokens ({r.max_response_tokens}); lower it")
+    if "tensor_parallel_size" in r.engine_options:
+        raise InputError("config key rl.rollout.engine_options.tensor_parallel_size: set by "
+                         "placement.rollout.tensor_parallel_size; remove it here")
+    _at_least("eval.max_rounds", config.eval.max_rounds, 1)
+    validate_placement(config.placement)
 
 
 def _check_type(key: str, value, hint):
@@ -175,19 +281,50 @@ def apply_override(data: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+def _deep_merge(base: dict, extra: dict) -> dict:
+    """``extra`` laid over ``base``: nested mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_files(paths) -> dict:
+    """The YAML files in order, later ones overriding earlier ones key by key (a cluster file and an
+    experiment file kept apart)."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
     data: dict = {}
-    if path is not None:
+    for path in paths:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text()) or {}
         except OSError as exc:
             raise InputError(f"config file {path}: cannot be read ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise InputError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"config file {path}: expected a mapping of keys at the top, got {type(loaded).__name__}")
+        data = _deep_merge(data, loaded)
+    return data
+
+
+def load_config(paths=None, overrides: list[str] | None = None) -> PipelineConfig:
+    """The resolved config: defaults, then each YAML file of ``paths`` (one path or a list; later files
+    win), then each ``key.path=value`` override; unknown keys, wrong types and contradictions raise
+    :class:`InputError` naming the key."""
+    data = read_config_files(paths)
     for override in overrides or []:
         apply_override(data, override)
-    return _build(PipelineConfig, data)
+    _refuse_derived(data)
+    config = _build(PipelineConfig, data)
+    validate(config)
+    return config
 
 
 def to_dict(config) -> dict:

@@ -1,16 +1,30 @@
-"""The main job, stage by stage; each stage skips work already done, so a rerun resumes.
+"""The main job, stage by stage, with one rule for "stage done".
 
     corpus → captions → model → sft_data → sft → rl_data → rl → eval
 
-Every stage writes under ``output_dir`` and is a nested MLflow run of the pipeline's parent run.
-A rerun skips finished stages and resumes an interrupted one from its last checkpoint (SFT and RL
-keep their learner checkpoints and data positions). Ctrl-C writes a checkpoint, marks the MLflow
-runs KILLED and exits; rerunning the same command continues.
+The rule: every stage records, in ``OUTPUT_DIR/stages.json``, a fingerprint of what it was built from
+(the config keys it reads and the fingerprints of the stages it reads) and whether it finished. On a
+rerun a stage is
+
+- skipped when its fingerprint is unchanged, it finished and its output is there;
+- continued when its fingerprint is unchanged but it did not finish (SFT and RL resume from their
+  last checkpoint; the caption store and the SFT data skip the items already written), or when only
+  ``rl.steps`` grew (RL continues from its last checkpoint to the new step count);
+- redone from scratch when its fingerprint changed (its output is removed first). Since a stage's
+  fingerprint holds those of its inputs, everything after a changed stage is redone too: a changed
+  ``rl.rollout.max_rounds`` rebuilds the RL rows, then RL, then the evaluation.
+
+Every stage that really runs gets a fresh MLflow run, nested under the pipeline's parent run; a
+skipped stage opens none. Ctrl-C writes a checkpoint, marks the MLflow runs KILLED and exits;
+rerunning the same command continues.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import shutil
 import sys
 import time
 from collections import Counter
@@ -19,32 +33,86 @@ from pathlib import Path
 from longvideo_r1.errors import InputError
 from longvideo_r1.platform.config import PipelineConfig, to_dict
 
+STAGES = ("corpus", "captions", "model", "sft_data", "sft", "rl_data", "rl", "eval")
+
+RL_CONTINUES = ("steps",)
+"""rl keys whose change continues the RL stage instead of redoing it"""
+RL_OPERATIONAL = ("val_every", "val_questions", "save_every", "reward_timeout_s")
+"""rl keys that change what is logged or how often it is saved, not what is trained"""
+
 
 def _log(stage: str, message: str) -> None:
     print(f"[lvr1 pipeline] {stage}: {message}", file=sys.stderr, flush=True)
 
 
-def corpus_stage(config: PipelineConfig, out: Path) -> Path:
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-able parts (config sections, other fingerprints)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _section(obj, drop: tuple[str, ...] = ()) -> dict:
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    return {k: v for k, v in data.items() if k not in drop}
+
+
+class StageBook:
+    """``stages.json``: per stage its fingerprint, whether it finished, and what it reported."""
+
+    def __init__(self, out: Path):
+        self.path = out / "stages.json"
+        self.records: dict[str, dict] = {}
+        if self.path.is_file():
+            try:
+                self.records = json.loads(self.path.read_text())
+            except json.JSONDecodeError:          # a crash mid-write: every stage is checked again
+                self.records = {}
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.records, indent=1, default=str))
+        tmp.replace(self.path)
+
+    def state(self, stage: str, fp: str, output_ok: bool) -> str:
+        """``done``, ``partial`` (same inputs, unfinished: continue) or ``new`` (redo from scratch)."""
+        record = self.records.get(stage)
+        if record is None or record.get("fingerprint") != fp:
+            return "new"
+        return "done" if record.get("finished") and output_ok else "partial"
+
+    def start(self, stage: str, fp: str, **extra) -> None:
+        self.records[stage] = {"fingerprint": fp, "finished": False, **extra}
+        self._write()
+
+    def finish(self, stage: str, **extra) -> None:
+        self.records[stage].update(finished=True, finished_at=time.time(), **extra)
+        self._write()
+
+    def get(self, stage: str, key: str, default=None):
+        return self.records.get(stage, {}).get(key, default)
+
+
+def _clear(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# ------------------------------------------------------------------------------------- the stages
+
+
+def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> None:
     from longvideo_r1.corpus.demo import generate_demo_corpus
 
-    corpus_dir = out / "corpus"
-    wanted = {"videos": config.corpus.videos, "minutes": config.corpus.minutes, "seed": config.corpus.seed}
-    marker = out / "corpus.done.json"
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        _log("corpus", f"already generated in {corpus_dir}, skipping")
-        return corpus_dir
     _log("corpus", f"generating {config.corpus.videos} demo videos into {corpus_dir}")
     generate_demo_corpus(corpus_dir, videos=config.corpus.videos, minutes=config.corpus.minutes,
                          seed=config.corpus.seed)
-    marker.write_text(json.dumps(wanted))
-    return corpus_dir
 
 
-def captions_stage(config: PipelineConfig, corpus_dir: Path, out: Path) -> Path:
+def captions_stage(config: PipelineConfig, corpus_dir: Path, store: Path) -> None:
     from longvideo_r1.corpus.build import build_store
-    from longvideo_r1.errors import InputError
 
-    store = out / "store"
     c = config.captions
     options = ({"endpoint": c.endpoint, "model": c.model, "concurrency": c.concurrency}
                if c.captioner == "openai" else {})
@@ -54,13 +122,13 @@ def captions_stage(config: PipelineConfig, corpus_dir: Path, out: Path) -> Path:
                      f"in {report.seconds:.1f} s")
     if report.failed:
         raise InputError("caption store: " + "; ".join(report.failed.values()))
-    return store
 
 
-def summarize(corpus_dir: Path, store: Path, seconds: dict) -> dict:
+def summarize(corpus_dir: Path, store: Path) -> dict:
     from longvideo_r1.corpus.store import CaptionStore
+    from longvideo_r1.jsonl import json_lines
 
-    questions = [json.loads(line) for line in (corpus_dir / "questions.jsonl").read_text().splitlines() if line]
+    questions = list(json_lines(corpus_dir / "questions.jsonl"))
     stats = CaptionStore(store).stats()
     manifest = json.loads((corpus_dir / "corpus.json").read_text())
     return {
@@ -72,7 +140,6 @@ def summarize(corpus_dir: Path, store: Path, seconds: dict) -> dict:
         "captions_per_level": stats["per_level"],
         "store_shards": stats["num_shards"],
         "store_bytes": stats["bytes_on_disk"],
-        "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
 
 
@@ -88,18 +155,18 @@ def resolve_model(config: PipelineConfig) -> Path:
     return path
 
 
-def sft_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, out: Path) -> Path:
-    from longvideo_r1.trainer.data import generate_sft
+def model_fingerprint(path: Path) -> str:
+    """What identifies a checkpoint folder's content: its files' names, sizes and modification times."""
+    files = sorted((p.relative_to(path).as_posix(), p.stat().st_size, int(p.stat().st_mtime))
+                   for p in path.rglob("*") if p.is_file())
+    return fingerprint(str(path.resolve()), files)
 
-    path = out / "data" / "sft.jsonl"
-    marker = out / "data" / "sft.done.json"
-    d = config.data
-    wanted = {"teacher": d.teacher, "model": d.model, "max_rounds": d.max_rounds}
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        _log("sft_data", f"already written to {path}, skipping")
-        return path
+
+def sft_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, path: Path) -> dict:
     from longvideo_r1.agent.teacher import make_teacher
+    from longvideo_r1.trainer.sft_data import generate_sft
 
+    d = config.data
     teacher = make_teacher(d.teacher, endpoint=d.endpoint, model=d.model)
     backend = None
     if d.video_qa != "none":
@@ -108,19 +175,16 @@ def sft_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, out: P
     summary = generate_sft(corpus_dir, store, teacher, path, split="train", max_rounds=d.max_rounds,
                            video_qa=backend, progress=False)
     _log("sft_data", f"{summary.get('kept', '?')} trajectories in {path}")
-    marker.write_text(json.dumps(wanted))
-    return path
+    return summary
 
 
-def rl_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, out: Path) -> tuple[Path, Path | None]:
-    from longvideo_r1.trainer.data import generate_rl, load_corpus_split
+def rl_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, data_dir: Path) -> dict:
+    from longvideo_r1.trainer.rl_data import generate_rl
+    from longvideo_r1.trainer.splits import load_corpus_split
 
-    paths = {}
+    paths: dict[str, str | None] = {}
     for split in ("train", "val"):
-        path = out / "data" / f"rl_{split}.parquet"
-        paths[split] = path
-        if path.is_file():
-            continue
+        path = data_dir / f"rl_{split}.parquet"
         try:
             load_corpus_split(corpus_dir, split)
         except InputError:
@@ -128,9 +192,10 @@ def rl_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, out: Pa
                 paths[split] = None
                 continue
             raise
-        generate_rl(corpus_dir, store, path, split=split, max_rounds=config.data.max_rounds)
+        generate_rl(corpus_dir, store, path, split=split, max_rounds=config.rl.rollout.max_rounds)
+        paths[split] = str(path)
     _log("rl_data", f"RL rows in {paths['train']}" + (f" and {paths['val']}" if paths["val"] else ""))
-    return paths["train"], paths["val"]
+    return paths
 
 
 def start_ray(config: PipelineConfig) -> None:
@@ -149,87 +214,157 @@ def start_ray(config: PipelineConfig) -> None:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 
 
-def eval_stage(config: PipelineConfig, corpus_dir: Path, store: Path, models: dict[str, Path], out: Path,
-               tracker_run=None) -> dict:
-    """The trained models (played by a vLLM rollout worker, greedy) and the baselines on the held-out split."""
-    from longvideo_r1.eval.pipeline_eval import evaluate_stage
-
-    return evaluate_stage(config, corpus_dir, store, models, out / "eval", tracker_run)
+# ---------------------------------------------------------------------------------- the driver
 
 
-STAGES = ("corpus", "captions", "model", "sft_data", "sft", "rl_data", "rl", "eval")
-
-
-def run_pipeline(config: PipelineConfig, until: str | None = None) -> dict:
-    """Run every stage (skipping finished ones); ``until`` names the last stage to run."""
+def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[str, ...] = ()) -> dict:
+    """Run every stage that is not done (see the module docstring); ``until`` names the last stage to
+    run; stages named in ``redo`` are redone from scratch even when they are done."""
     if until is not None and until not in STAGES:
         raise InputError(f"stage {until!r}: choose one of {', '.join(STAGES)}")
+    unknown = sorted(set(redo) - set(STAGES))
+    if unknown:
+        raise InputError(f"stage(s) {', '.join(unknown)} to redo: choose from {', '.join(STAGES)}")
     from longvideo_r1.platform.tracking import Tracker
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    book = StageBook(out)
     seconds: dict[str, float] = {}
-    tracker = Tracker(config.tracking, out, config.name)
     result: dict = {}
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    tracker = Tracker(config.tracking, out, config.name)
+
     with tracker.pipeline(params=to_dict(config), tags={"lvr1.output_dir": str(out)}) as parent:
-        def stage(name, fn, *args):
+
+        def stage(name: str, fp: str, done_when: Path, clear: list[Path], fn, continues: bool = True):
+            """Run ``fn(run)`` unless the stage is done (``done_when`` is its last output); a stage redone
+            from scratch first removes ``clear``. Returns (ran, value)."""
+            state = book.state(name, fp, done_when.exists())
+            if name in redo:
+                state = "new"
+            if state == "done":
+                _log(name, f"up to date (fingerprint {fp}), skipping")
+                return False, None
+            if state == "new" or not continues:
+                for path in clear:
+                    _clear(path)
             t = time.perf_counter()
-            with tracker.stage(name) as run:      # each stage skips its own finished work
-                value = fn(*args)
+            book.start(name, fp)
+            with tracker.stage(name) as run:     # a fresh nested run for a stage that really runs
+                value = fn(run)
             seconds[name] = time.perf_counter() - t
             parent.log_metrics({f"time/{name}_s": seconds[name]})
-            return value, run
+            return True, value
 
-        corpus_dir, _ = stage("corpus", corpus_stage, config, out)
-        store, _ = stage("captions", captions_stage, config, corpus_dir, out)
-        result = summarize(corpus_dir, store, seconds)
-        if until == "captions" or not (config.sft.enabled or config.rl.enabled or config.eval.enabled):
-            return _finish(out, result, seconds)
-        base, _ = stage("model", resolve_model, config)
+        def finish() -> dict:
+            result["stage_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+            (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+            print(json.dumps(result, indent=1, default=str))
+            return result
+
+        # corpus and caption store
+        corpus_dir, store = out / "corpus", out / "store"
+        corpus_fp = fingerprint("corpus", _section(config.corpus))
+        if stage("corpus", corpus_fp, corpus_dir / "questions.jsonl", [corpus_dir],
+                 lambda run: corpus_stage(config, corpus_dir), continues=False)[0]:
+            book.finish("corpus")
+        else:
+            _log("corpus", f"already generated in {corpus_dir}")
+        c = config.captions
+        captions_fp = fingerprint("captions", corpus_fp, c.captioner, c.endpoint, c.model, c.shards)
+        if stage("captions", captions_fp, store / "manifest.json", [store],
+                 lambda run: captions_stage(config, corpus_dir, store))[0]:
+            book.finish("captions")
+        result.update(summarize(corpus_dir, store))
+        if last <= STAGES.index("captions") or not (config.sft.enabled or config.rl.enabled or config.eval.enabled):
+            return finish()
+
+        # the policy to start from
+        t = time.perf_counter()
+        base = resolve_model(config)
+        seconds["model"] = time.perf_counter() - t
+        model_fp = fingerprint("model", model_fingerprint(base))
+        if book.get("model", "fingerprint") != model_fp:
+            book.start("model", model_fp, path=str(base))
+            book.finish("model")
         start_ray(config)
         models = {"base": base}
-        policy = base
+        policy, policy_fp = base, model_fp
+
         if config.sft.enabled:
-            data, _ = stage("sft_data", sft_data_stage, config, corpus_dir, store, out)
+            data_path = out / "data" / "sft.jsonl"
+            sft_data_fp = fingerprint("sft_data", corpus_fp, captions_fp, _section(config.data))
+            if stage("sft_data", sft_data_fp, data_path, [data_path],
+                     lambda run: sft_data_stage(config, corpus_dir, store, data_path))[0]:
+                book.finish("sft_data")
+            if last <= STAGES.index("sft_data"):
+                return finish()
             from longvideo_r1.trainer.sft import train_sft
 
-            def sft():
-                with tracker.stage("sft") as run:
-                    return train_sft(config.sft, data, base, out / "sft", log_metrics=run.log_metrics,
-                                     placement=config.placement)
-            t = time.perf_counter()
-            summary = sft()
-            seconds["sft"] = time.perf_counter() - t
-            policy = models["sft"] = Path(summary["model"])
+            sft_fp = fingerprint("sft", sft_data_fp, model_fp, _section(config.sft))
+            sft_dir = out / "sft"
+            ran, summary = stage("sft", sft_fp, sft_dir / "model" / "config.json", [sft_dir], lambda run: train_sft(
+                config.sft, data_path, base, sft_dir, log_metrics=run.log_metrics, placement=config.placement))
+            if ran:
+                book.finish("sft")
+            summary = summary or json.loads((sft_dir / "summary.json").read_text())
+            policy, policy_fp = models["sft"] = Path(summary["model"]), sft_fp
             result["sft"] = {k: v for k, v in summary.items() if k != "history"}
-        if until in ("sft_data", "sft", "model"):
-            return _finish(out, result, seconds)
+        if last <= STAGES.index("sft"):
+            return finish()
+
         if config.rl.enabled:
-            train, val = stage("rl_data", rl_data_stage, config, corpus_dir, store, out)[0]
-            from longvideo_r1.platform.rl_loop import train_rl
+            data_dir = out / "data"
+            rl_data_fp = fingerprint("rl_data", corpus_fp, captions_fp, config.rl.rollout.max_rounds)
+            train_rows = data_dir / "rl_train.parquet"
 
-            t = time.perf_counter()
-            with tracker.stage("rl") as run:
-                summary = train_rl(config.rl, train, val, store, policy, out / "rl", log_metrics=run.log_metrics,
-                                   placement=config.placement)
-                if (out / "rl" / "samples").is_dir():
-                    run.log_artifact(str(out / "rl" / "samples"), "samples")   # sample trajectories per step
-            seconds["rl"] = time.perf_counter() - t
-            models["sft+" + config.rl.algorithm if config.sft.enabled else config.rl.algorithm] = Path(summary["model"])
+            ran, paths = stage("rl_data", rl_data_fp, train_rows, [data_dir / f"rl_{s}.parquet" for s in ("train", "val")],
+                               lambda run: rl_data_stage(config, corpus_dir, store, data_dir), continues=False)
+            if ran:
+                book.finish("rl_data", paths=paths)
+            paths = book.get("rl_data", "paths")
+            if last <= STAGES.index("rl_data"):
+                return finish()
+            from longvideo_r1.trainer.rl import train_rl
+
+            rl_dir = out / "rl"
+            rl_fp = fingerprint("rl", rl_data_fp, policy_fp,
+                                _section(config.rl, drop=RL_CONTINUES + RL_OPERATIONAL))
+            # the fingerprint leaves rl.steps out: more steps continue a finished run, not redo it
+            if book.get("rl", "fingerprint") == rl_fp and book.get("rl", "steps_done", 0) < config.rl.steps:
+                if book.get("rl", "finished"):
+                    _log("rl", f"continuing from step {book.get('rl', 'steps_done')} to {config.rl.steps}")
+                book.records["rl"]["finished"] = False
+            ran, summary = stage("rl", rl_fp, rl_dir / "model" / "config.json", [rl_dir], lambda run: _train_rl(
+                train_rl, config, paths, store, policy, rl_dir, run))
+            if ran:
+                book.finish("rl", steps_done=config.rl.steps)
+            summary = summary or json.loads((rl_dir / "summary.json").read_text())
+            label = "sft+" + config.rl.algorithm if config.sft.enabled else config.rl.algorithm
+            models[label] = Path(summary["model"])
             result["rl"] = {k: v for k, v in summary.items() if k != "history"}
-        if until in ("rl_data", "rl"):
-            return _finish(out, result, seconds)
+            policy_fp = fingerprint(rl_fp, config.rl.steps)
+        if last <= STAGES.index("rl"):
+            return finish()
+
         if config.eval.enabled:
-            t = time.perf_counter()
-            with tracker.stage("eval") as run:
-                result["eval"] = eval_stage(config, corpus_dir, store, models, out, run)
-            seconds["eval"] = time.perf_counter() - t
-        return _finish(out, result, seconds)
+            from longvideo_r1.eval.pipeline_eval import evaluate_stage
+
+            eval_fp = fingerprint("eval", corpus_fp, captions_fp, model_fp, policy_fp, sorted(models),
+                                  _section(config.eval), _section(config.rl.rollout))
+            ran, report = stage("eval", eval_fp, out / "eval" / "report.md", [out / "eval"], lambda run: evaluate_stage(
+                config, corpus_dir, store, models, out / "eval", run))
+            if ran:
+                book.finish("eval", report=report)
+            result["eval"] = book.get("eval", "report")
+        return finish()
 
 
-def _finish(out: Path, result: dict, seconds: dict) -> dict:
-    result["stage_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
-    print(json.dumps(result, indent=1, default=str))
-    return result
+def _train_rl(train_rl, config: PipelineConfig, paths: dict, store: Path, policy: Path, rl_dir: Path, run) -> dict:
+    summary = train_rl(config.rl, paths["train"], paths.get("val"), store, policy, rl_dir,
+                       log_metrics=run.log_metrics, placement=config.placement)
+    if (rl_dir / "samples").is_dir():
+        run.log_artifact(str(rl_dir / "samples"), "samples")   # sample trajectories per step
+    return summary

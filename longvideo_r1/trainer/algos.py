@@ -36,12 +36,15 @@ sequence-level aggregations ignore NaN/inf on masked positions, like ``masked_su
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
+    "AdvantageEstimator",
+    "advantage_estimator",
     "KL_KINDS",
     "agg_loss",
     "entropy_from_logits",
@@ -514,3 +517,38 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     rows = [torch.log_softmax(row, dim=-1).gather(-1, lab.unsqueeze(-1)).squeeze(-1)
             for row, lab in zip(logits, labels)]
     return torch.stack(rows)
+
+
+# ------------------------------------------------------------------------------ advantage estimators
+
+
+class AdvantageEstimator(NamedTuple):
+    """An advantage estimator by name: ``fn(scores, token_rewards, mask, groups, values, norm_by_std,
+    gamma, lam) -> (advantages, returns)``; what it reads decides what the RL step must provide."""
+
+    fn: Any
+    needs_values: bool
+    """reads a critic's values (the learner then carries a value head)"""
+    token_rewards: bool
+    """works on token-level rewards (so a KL-in-reward penalty changes it)"""
+
+
+def _grpo_estimator(scores, token_rewards, mask, groups, values, norm_by_std, gamma, lam):
+    return grpo_advantages(scores, groups, mask, norm_by_std=norm_by_std)
+
+
+def _gae_estimator(scores, token_rewards, mask, groups, values, norm_by_std, gamma, lam):
+    return gae_advantages(token_rewards, values, mask, gamma, lam)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "grpo": AdvantageEstimator(_grpo_estimator, needs_values=False, token_rewards=False),
+    "ppo": AdvantageEstimator(_gae_estimator, needs_values=True, token_rewards=True),
+}
+"""``rl.algorithm`` → its estimator: grpo (group-normalised outcome, no critic), ppo (GAE over a value head)"""
+
+
+def advantage_estimator(name: str) -> AdvantageEstimator:
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"advantage estimator {name!r}: choose one of {', '.join(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name]

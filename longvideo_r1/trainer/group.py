@@ -127,7 +127,9 @@ class LearnerGroup:
         for rank in range(num_workers):
             options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env}}
             if placement_group is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+                from ray.util.scheduling_strategies import (
+                    PlacementGroupSchedulingStrategy,
+                )
 
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=bundle_offset + rank)

@@ -1,7 +1,7 @@
 """The learner on one process: a DeepSpeed engine around a transformers causal LM (plus a value head for PPO).
 
 One :class:`Learner` runs per data-parallel rank (one per GPU on clusters, gloo processes here);
-:mod:`longvideo_r1.trainer.group` places them as Ray actors and splits the work. Everything a step
+:mod:`longvideo_r1.trainer.learner_group` places them as Ray actors (:class:`LearnerRank`) and splits the work. Everything a step
 needs arrives as micro-batches of right-padded tensors:
 
 - ``input_ids``, ``attention_mask`` [B, L]: prompt + response, as the rollout runner or the SFT
@@ -136,6 +136,8 @@ def token_outputs(lm, value_head, batch: dict, entropy: bool = False, values: bo
     import torch
     from torch.utils.checkpoint import checkpoint
 
+    from longvideo_r1.trainer import algos
+
     ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
     base = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
     hidden = base(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
@@ -145,15 +147,16 @@ def token_outputs(lm, value_head, batch: dict, entropy: bool = False, values: bo
     head = lm.get_output_embeddings()
 
     def project(h_chunk, y_chunk):
-        logits = head(h_chunk).float()
-        logz = torch.logsumexp(logits, dim=-1)
-        lp = logits.gather(-1, y_chunk[:, None]).squeeze(-1) - logz
+        # The chunk's positions go to algos' [B, T, V] functions as one sequence (B = 1), so each
+        # takes a single vectorised logsumexp over the chunk.
+        logits = head(h_chunk).float()[None]
+        lp = algos.logprobs_from_logits(logits, y_chunk[None])[0]
         if not entropy:
             return lp, torch.zeros_like(lp)
         if entropy == "metric":          # reported, not trained: no graph through the softmax
             with torch.no_grad():
-                return lp, logz.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
-        return lp, logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+                return lp, algos.entropy_from_logits(logits.detach())[0]
+        return lp, algos.entropy_from_logits(logits)[0]
 
     lps, ents = [], []
     if one_call:
@@ -241,12 +244,12 @@ def init_distributed(rank: int = 0, world_size: int = 1, master_addr: str = "127
                                verbose=False, rank=rank, world_size=world_size)
 
 
-def global_agg_options(totals: dict) -> dict:
-    """``agg_loss`` options that normalise by the whole global step (``group.totals``): with them a
-    micro-batch's loss is its share of the step's aggregate, so the update does not depend on how
-    the batch was cut into micro-batches and ranks."""
-    return {"batch_num_tokens": max(1, totals["tokens"]), "global_batch_size": max(1, totals["sequences"]),
-            "loss_scale_factor": max(1, totals["horizon"])}
+def global_agg_options(normalisers: dict) -> dict:
+    """``agg_loss`` options that normalise by the whole global step (``learner_group.step_normalisers``):
+    with them a micro-batch's loss is its share of the step's aggregate, so the update does not
+    depend on how the batch was cut into micro-batches and ranks."""
+    return {"batch_num_tokens": max(1, normalisers["tokens"]), "global_batch_size": max(1, normalisers["sequences"]),
+            "loss_scale_factor": max(1, normalisers["horizon"])}
 
 
 @dataclass
@@ -413,34 +416,35 @@ class Learner:
 
     # ------------------------------------------------------------------ RL
 
-    def compute(self, micro_batches: list[dict], what: str) -> list:
-        """``logprobs`` of the current policy, ``ref_logprobs`` of the frozen reference, or ``values``."""
+    def _evaluate(self, micro_batches: list[dict], which: str, key: str, **options) -> list:
+        """``key`` of :meth:`token_outputs` for each micro-batch, without gradients, on the CPU."""
         import torch
 
         self.engine.eval()
-        out = []
         with torch.no_grad():
-            for mb in micro_batches:
-                mb = self._to_device(mb)
-                if what == "ref_logprobs":
-                    if self.ref is None:
-                        raise InputError("reference log-probs need a reference model: set learner.kl_coef > 0")
-                    out.append(self.token_outputs("ref", mb)["logprobs"].cpu())
-                elif what == "values":
-                    if self.engine.module.value_head is None:
-                        raise InputError("values need a value head: set learner.value_head: true (PPO)")
-                    out.append(self.token_outputs("policy", mb, values=True)["values"].cpu())
-                elif what == "logprobs":
-                    out.append(self.token_outputs("policy", mb)["logprobs"].cpu())
-                else:
-                    raise ValueError(f"compute {what!r}: choose logprobs, ref_logprobs or values")
-        return out
+            return [self.token_outputs(which, self._to_device(mb), **options)[key].cpu() for mb in micro_batches]
 
-    def rl_step(self, micro_batches: list[dict], totals: dict) -> StepStats:
+    def logprobs(self, micro_batches: list[dict]) -> list:
+        """[B, L] log-probs of the current policy at each micro-batch's ``loss_mask`` tokens (0 elsewhere)."""
+        return self._evaluate(micro_batches, "policy", "logprobs")
+
+    def ref_logprobs(self, micro_batches: list[dict]) -> list:
+        """Like :meth:`logprobs`, under the frozen reference model."""
+        if self.ref is None:
+            raise InputError("reference log-probs need a reference model: set learner.kl_coef > 0")
+        return self._evaluate(micro_batches, "ref", "logprobs")
+
+    def values(self, micro_batches: list[dict]) -> list:
+        """[B, L] value-head outputs at each micro-batch's ``loss_mask`` tokens (0 elsewhere)."""
+        if self.engine.module.value_head is None:
+            raise InputError("values need a value head: set learner.value_head: true (PPO)")
+        return self._evaluate(micro_batches, "policy", "values", values=True)
+
+    def rl_step(self, micro_batches: list[dict], normalisers: dict) -> StepStats:
         """One optimizer step of the clipped policy loss (+ KL, entropy and value terms).
 
-        ``totals``: ``tokens`` and ``sequences`` of the global step over every rank, and ``horizon``
-        (the padded response length, for seq-mean-token-sum-norm): the aggregation normalisers.
+        ``normalisers``: ``tokens`` and ``sequences`` of the global step over every rank, and
+        ``horizon`` (the padded response length, for seq-mean-token-sum-norm).
         """
         from longvideo_r1.trainer import algos
 
@@ -455,7 +459,7 @@ class Learner:
         def add(name, value):
             sums[name] = sums.get(name, 0.0) + float(value)
 
-        agg = global_agg_options(totals)
+        agg = global_agg_options(normalisers)
         for mb in micro_batches:
             mb = self._to_device(mb)
             mask = mb["loss_mask"].float()
@@ -584,3 +588,32 @@ class Learner:
         if gen.is_file():
             (out / "generation_config.json").write_text(gen.read_text())
         return str(out)
+
+
+class LearnerRank(Learner):
+    """A :class:`Learner` as a Ray actor: what :class:`~longvideo_r1.trainer.learner_group.LearnerGroup`
+    starts, one per data-parallel rank. Its remote methods are the learner's own (``sft_step``,
+    ``logprobs``, ``rl_step``, ``save_checkpoint``, …) plus the three below.
+
+    It comes up in two calls because the ranks meet at an address on rank 0's node, which only rank
+    0 can pick: every rank is started empty, rank 0 names a free port (:meth:`rendezvous`), then all
+    ranks :meth:`setup` together (DeepSpeed's init blocks until every rank has joined).
+    """
+
+    def __init__(self):     # the Learner is built by setup(), once the rendezvous is known
+        pass
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def rendezvous(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, config: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        super().__init__(config, rank, world_size, master_addr, master_port)
+
+    def get_step(self) -> int:
+        """Optimizer steps taken (an attribute is not callable through Ray)."""
+        return self.step

@@ -1,115 +1,279 @@
-"""From finished episodes to a learner batch: reward items, advantages (GRPO or PPO/GAE), step metrics.
+"""The RL stage: a single controller that reads like a one-process program.
 
-Plain functions over :class:`~longvideo_r1.rollout.runner.RolloutEpisode` lists and tensors; the
-RL loop (:mod:`longvideo_r1.platform.rl_loop`) calls them between the rollout workers, the reward
-service and the learner group.
+    for each step:
+        questions  = the next questions_per_step training questions (seeded order, epoch by epoch)
+        episodes   = rollout pool (vLLM workers, n samples per question, groups kept together)
+        rewards    = reward service (answer + localisation F1 − repeat; a failing scorer is a logged 0)
+        batch      = the rollout batch as the learner reads it (sampled tokens trained, observations masked)
+        [ref]      = reference log-probs (KL loss / KL in reward)      [values] = the critic's (ppo)
+        advantages = the estimator registered as rl.algorithm in trainer.algos (grpo, ppo/GAE)
+        learner    = DeepSpeed update (clipped surrogate, KL, entropy, value loss)
+        weights    = published once to the object store, loaded by every rollout worker
+        log        = per-step metrics; validation every val_every steps; checkpoint every save_every
+
+All distribution lives in the Ray actors it calls. The loop skeleton (history, checkpoints, stop,
+Ctrl-C, summary) is :func:`longvideo_r1.trainer.loop.run_training`, shared with SFT. A rerun
+continues from the last checkpoint (learner state, step, data position) with the rollout workers
+given the saved weights; a larger ``steps`` continues a finished run.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+import dataclasses
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from longvideo_r1.errors import InputError
-from longvideo_r1.rollout.runner import RolloutEpisode, to_batch
-from longvideo_r1.trainer import algos
+from longvideo_r1.rollout.runner import RolloutConfig
+from longvideo_r1.trainer.learner import LearnerConfig
 
-ALGORITHMS = ("grpo", "ppo")
+log = logging.getLogger("longvideo_r1.rl")
 
 
 @dataclass
-class AdvantageConfig:
+class RLConfig:
+    """The RL stage. PROTOCOL §5's GPU numbers (GRPO, n=16, 12 questions per step, lr 1e-6, k3 KL loss
+    1e-4) are set in the GPU recipes; the defaults here are the generic ones."""
+
+    enabled: bool = True
     algorithm: str = "grpo"
-    """grpo (group-normalised outcome, no critic) or ppo (GAE over a value head)"""
+    """advantage estimator, registered in trainer.algos: grpo (no critic) or ppo (GAE over a value head,
+    which the learner then carries)"""
+    steps: int = 10
+    """optimizer steps (each on questions_per_step × rollout.n episodes); raising it continues a finished run"""
+    questions_per_step: int = 4
     norm_by_std: bool = True
-    """GRPO: divide by the group's standard deviation (False: Dr. GRPO-style mean-centering only)"""
+    """grpo: divide by the group's standard deviation (False: Dr. GRPO-style mean-centering only)"""
     gamma: float = 1.0
+    """ppo: discount of GAE"""
     lam: float = 1.0
+    """ppo: λ of GAE"""
     kl_in_reward: float = 0.0
-    """β of a KL-to-reference penalty subtracted from token rewards (PPO-style); 0 = off"""
-    kl_kind: str = "k1"
+    """ppo: β of a KL-to-reference penalty subtracted from the token rewards (0 = off; grpo puts KL in
+    the loss instead: learner.kl_coef)"""
+    kl_in_reward_kind: str = "k1"
+    """KL estimator of that penalty: k1, k2, k3 or abs"""
+    val_every: int = 5
+    """validation rollouts (greedy, one per question) every this many steps; 0 = only at the end"""
+    val_questions: int = 0
+    """validation questions used (0 = all of the validation split)"""
+    save_every: int = 5
+    reward_timeout_s: float = 30.0
+    reward_scorer: str | None = None
+    """None: our compute_score; or "path/to/file.py:function" / "module:function" with verl's signature"""
+    seed: int = 0
+    """question order and the learner's seed (sampling: rollout.seed)"""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
 
 
-def reward_items(episodes: list[RolloutEpisode]) -> list[dict]:
-    """verl custom-reward items (``data_source``, ``solution_str``, ``ground_truth``, ``extra_info``)."""
-    items = []
-    for e in episodes:
-        q = e.question
-        items.append({"data_source": q.data_source, "solution_str": e.text, "ground_truth": q.answer,
-                      "extra_info": {"width": e.width, "duration": e.duration,
-                                     "clue_intervals": q.clue_intervals or []}})
-    return items
-
-
-def learner_batch(episodes: list[RolloutEpisode], pad_id: int) -> dict:
-    """The rollout batch in the learner's vocabulary: ``loss_mask`` = sampled tokens, ``old_logprobs``
-    = the rollout log-probs (the importance ratio is taken against the policy that sampled)."""
-    batch = to_batch(episodes, pad_id)
-    batch["loss_mask"] = batch.pop("response_mask")
-    batch["old_logprobs"] = batch.pop("rollout_logprobs")
-    return batch
-
-
-def add_advantages(batch: dict, scores, config: AdvantageConfig, values=None, ref_logprobs=None) -> dict:
-    """Fill ``advantages`` (and for PPO ``returns``, ``old_values``) in ``batch``; returns extra metrics."""
-    import torch
-
-    if config.algorithm not in ALGORITHMS:
-        raise InputError(f"rl algorithm {config.algorithm!r}: choose grpo or ppo")
-    scores = torch.as_tensor(scores, dtype=torch.float32)
-    mask = batch["loss_mask"]
-    metrics = {}
-    if config.algorithm == "grpo":
-        adv, _ = algos.grpo_advantages(scores, batch["group"], mask, norm_by_std=config.norm_by_std)
-        batch["advantages"] = adv
-    else:
-        if values is None:
-            raise InputError("ppo needs the value head's values of the batch (learner.value_head: true)")
-        rewards = algos.token_level_outcome(scores, mask)
-        if config.kl_in_reward > 0:
-            if ref_logprobs is None:
-                raise InputError("kl_in_reward needs reference log-probs (learner.kl_coef > 0 keeps a reference model)")
-            rewards, kl = algos.kl_in_reward(rewards, batch["old_logprobs"], ref_logprobs, mask,
-                                             config.kl_in_reward, config.kl_kind)
-            metrics["rl/kl_in_reward"] = float(kl)
-        adv, returns = algos.gae_advantages(rewards, values, mask, config.gamma, config.lam)
-        batch["advantages"], batch["returns"], batch["old_values"] = adv, returns, values
-    m = mask.bool()
-    a = batch["advantages"][m]
-    if a.numel():
-        metrics.update({"rl/advantage_mean": float(a.mean()), "rl/advantage_std": float(a.std()) if a.numel() > 1 else 0.0,
-                        "rl/advantage_max": float(a.max()), "rl/advantage_min": float(a.min())})
-    return metrics
-
-
-def episode_metrics(episodes: list[RolloutEpisode], rewards: list[dict], prefix: str = "rollout") -> dict:
-    """Reward mean/std and components, accuracy, rounds, calls, response length, how episodes ended."""
-    import statistics
-
-    n = max(1, len(episodes))
-
-    def mean(xs):
-        xs = list(xs)
-        return sum(xs) / len(xs) if xs else 0.0
-
-    scores = [r["score"] for r in rewards]
-    out = {
-        f"{prefix}/reward_mean": mean(scores),
-        f"{prefix}/reward_std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
-        f"{prefix}/answer_reward": mean(r["answer_reward"] for r in rewards),
-        f"{prefix}/f1_reward": mean(r["f1_reward"] for r in rewards),
-        f"{prefix}/repeat_reward": mean(r["repeat_reward"] for r in rewards),
-        f"{prefix}/reward_errors": sum(1 for r in rewards if r.get("error")),
-        f"{prefix}/accuracy": mean(1.0 if e.correct else 0.0 for e in episodes),
-        f"{prefix}/answered": mean(1.0 if e.answer is not None else 0.0 for e in episodes),
-        f"{prefix}/rounds": mean(e.costs.get("rounds", len(e.actions)) for e in episodes),
-        f"{prefix}/get_caption_calls": mean(e.costs.get("get_caption_calls", 0) for e in episodes),
-        f"{prefix}/video_qa_calls": mean(e.costs.get("video_qa_calls", 0) for e in episodes),
-        f"{prefix}/response_tokens": mean(sum(e.response_mask) for e in episodes),
-        f"{prefix}/context_tokens": mean(len(e.prompt_ids) + len(e.response_ids) for e in episodes),
-        f"{prefix}/invalid_rounds": mean(e.costs.get("invalid_rounds", 0) for e in episodes),
-    }
-    finishes = Counter(e.finish for e in episodes)
-    for kind in ("answer", "max_turns", "budget"):
-        out[f"{prefix}/finish_{kind}"] = finishes.get(kind, 0) / n
+def question_order(count: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Indices of the questions of ``step``: epochs of seeded permutations, read ``per_step`` at a time."""
+    if count < 1:
+        raise InputError("RL data has no questions")
+    out = []
+    position = step * per_step
+    while len(out) < per_step:
+        epoch, offset = divmod(position, count)
+        order = list(range(count))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        take = min(per_step - len(out), count - offset)
+        out += order[offset: offset + take]
+        position += take
     return out
+
+
+class RLJob:
+    """The actors of one RL run (rollout pool, reward service, learner group) and its step, as a
+    :class:`~longvideo_r1.trainer.loop.TrainingJob`."""
+
+    name = "rl"
+    history_offset = -1      # history rows are numbered by the 0-based step they record; -1 = before training
+
+    def __init__(self, config: RLConfig, train_data: str | Path, val_data: str | Path | None, store: str | Path,
+                 model: str | Path, out_dir: str | Path, captions=None, placement=None, resume: bool = True):
+        from longvideo_r1.cluster.resources import PlacementConfig
+        from longvideo_r1.trainer.rl_data import read_rl_rows
+
+        self.estimator = _estimator(config.algorithm)
+        self.config = config
+        self.total_steps = config.steps
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.train_questions, _ = read_rl_rows(train_data)
+        self.val_questions = read_rl_rows(val_data)[0] if val_data else []
+        if config.val_questions:
+            self.val_questions = self.val_questions[: config.val_questions]
+        placement = placement or PlacementConfig()
+        self.pool = self.rewards = self.learner = self.groups = None
+        try:
+            self._start(config, store, model, captions, placement, resume)
+        except BaseException:
+            self.shutdown()      # release what was started (placement groups, actors) before failing
+            raise
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model))
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def _start(self, config: RLConfig, store, model, captions, placement, resume: bool) -> None:
+        import ray
+
+        from longvideo_r1.cluster.resources import create, plan
+        from longvideo_r1.reward.service import RewardService
+        from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
+        from longvideo_r1.trainer.learner_group import LearnerGroup
+
+        # Reserve every role's resources up front (a clear error if the cluster lacks them).
+        self.groups = create(plan(placement, ray.cluster_resources()), placement.timeout_s)
+        learner_config = dataclasses.replace(config.learner, model=str(model), seed=config.seed,
+                                             value_head=self.estimator.needs_values,
+                                             total_steps=config.learner.total_steps or config.steps)
+        self.learner = LearnerGroup(learner_config, **self.groups.learner_kwargs())
+        self.ckpt = self.out / "checkpoints"
+        self.done = 0
+        if resume and (self.ckpt / "latest").is_file():
+            self.done = self.learner.load(str(self.ckpt))["step"]
+            log.info("RL resumed from %s at step %d", self.ckpt, self.done)
+        spec = WorkerSpec(model=str(model), store=str(store), rollout=config.rollout,
+                          num_cpus=placement.rollout.num_cpus, num_gpus=placement.rollout.num_gpus)
+        if placement.rollout.tensor_parallel_size > 1:
+            spec.rollout = dataclasses.replace(spec.rollout, engine_options={
+                **spec.rollout.engine_options, "tensor_parallel_size": placement.rollout.tensor_parallel_size})
+        self.pool = RolloutPool(spec, num_workers=placement.rollout.count, captions=captions,
+                                actor_options=lambda i: self.groups.actor_options("rollout", i))
+        if self.done:
+            self.pool.update_weights(self.learner.publish_weights(), version=self.done)
+        # one reward actor sits in the role's bundle; several are scheduled freely (the service replaces
+        # dead ones and must not wait for a bundle that is still held)
+        reward = self.groups.actor_options("reward", 0) if placement.reward.count == 1 else {"num_cpus": 0.1}
+        self.rewards = RewardService(num_workers=max(1, placement.reward.count), timeout_s=config.reward_timeout_s,
+                                     scorer=config.reward_scorer, num_cpus=reward["num_cpus"],
+                                     scheduling_strategy=reward.get("scheduling_strategy"))
+
+    def rollout_config(self, validation: bool = False) -> RolloutConfig:
+        """The configured rollout, sampled anew each step; validation is one greedy episode per question."""
+        r = self.config.rollout
+        if validation:
+            return dataclasses.replace(r, n=1, temperature=0.0, top_p=1.0, seed=r.seed + self.done)
+        return dataclasses.replace(r, seed=r.seed + self.done)
+
+    def before_first_step(self) -> dict:
+        return self.validate() if self.config.val_every else {}
+
+    def train_step(self) -> dict:
+        """One RL step; returns its metrics (validation figures included when due)."""
+        from longvideo_r1.rollout.runner import to_batch
+        from longvideo_r1.trainer.rl_batch import add_advantages, episode_metrics, reward_items
+
+        c = self.config
+        step = self.done
+        timing = {}
+        t = time.perf_counter()
+        picked = question_order(len(self.train_questions), c.questions_per_step, step, c.seed)
+        episodes = self.pool.rollout([self.train_questions[i] for i in picked], self.rollout_config())
+        timing["time/rollout_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rewards = self.rewards.score(reward_items(episodes))
+        timing["time/reward_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        batch = to_batch(episodes, self.pad_id)
+        values = None
+        if c.learner.kl_coef > 0 or c.kl_in_reward > 0:
+            batch["ref_logprobs"] = self.learner.ref_logprobs(batch)
+        if self.estimator.needs_values:
+            values = self.learner.values(batch)
+        metrics = add_advantages(batch, [r["score"] for r in rewards], c, values=values)
+        timing["time/prepare_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        stats = {}
+        for _ in range(max(1, c.learner.ppo_epochs)):
+            stats = self.learner.rl_step(batch)
+        timing["time/update_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.done = step + 1
+        self.pool.update_weights(self.learner.publish_weights(), version=self.done)
+        timing["time/weight_sync_s"] = time.perf_counter() - t
+        metrics.update(episode_metrics(episodes, rewards))
+        metrics.update({f"learner/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+        metrics["rollout/sampled_tokens_per_s"] = int(batch["loss_mask"].sum()) / max(timing["time/rollout_s"], 1e-9)
+        metrics.update(timing)
+        metrics["time/step_s"] = sum(timing.values())
+        self._write_samples(step, episodes, rewards)
+        if (c.val_every and self.done % c.val_every == 0) or self.done == self.total_steps:
+            metrics.update(self.validate())
+        log.info("rl step %d/%d reward %.3f acc %.2f rounds %.1f (%.1f s)", self.done, self.total_steps,
+                 metrics["rollout/reward_mean"], metrics["rollout/accuracy"], metrics["rollout/rounds"],
+                 metrics["time/step_s"])
+        return metrics
+
+    def validate(self) -> dict:
+        from longvideo_r1.trainer.rl_batch import episode_metrics, reward_items
+
+        if not self.val_questions:
+            return {}
+        episodes = self.pool.rollout(self.val_questions, self.rollout_config(validation=True))
+        rewards = self.rewards.score(reward_items(episodes))
+        return episode_metrics(episodes, rewards, prefix="val")
+
+    def _write_samples(self, step: int, episodes, rewards, keep: int = 2) -> None:
+        samples = self.out / "samples"
+        samples.mkdir(exist_ok=True)
+        rows = [{"step": step, "qid": e.question.qid, "answer": e.answer, "truth": e.question.answer,
+                 "reward": r, "finish": e.finish, "text": e.text} for e, r in list(zip(episodes, rewards))[:keep]]
+        (samples / f"step{step:05d}.json").write_text(json.dumps(rows, indent=1))
+
+    def checkpoint_due(self) -> bool:
+        return bool(self.config.save_every and self.done % self.config.save_every == 0)
+
+    def save(self, interrupted: bool = False) -> None:
+        if interrupted:   # an update the learner finished after the interrupt counts as done (its rollout is not redone)
+            self.done = max(self.done, self.learner.step // max(1, self.config.learner.ppo_epochs))
+        self.learner.save(str(self.ckpt), {"step": self.done})
+
+    def export(self, directory: Path) -> None:
+        self.learner.export(str(directory))
+
+    def summary(self, history: list[dict], seconds: float) -> dict:
+        steps = [h for h in history if h["step"] >= 0]
+        return {"model": str(self.out / "model"), "steps": self.total_steps, "algorithm": self.config.algorithm,
+                "seconds": round(seconds, 1),
+                "reward_first": steps[0]["rollout/reward_mean"] if steps else None,
+                "reward_last": steps[-1]["rollout/reward_mean"] if steps else None,
+                "accuracy_first": steps[0]["rollout/accuracy"] if steps else None,
+                "accuracy_last": steps[-1]["rollout/accuracy"] if steps else None,
+                "val": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val/")}}
+
+    def shutdown(self) -> None:
+        for part in (self.pool, self.rewards, self.learner, self.groups):
+            if part is None:
+                continue
+            try:
+                part.shutdown() if hasattr(part, "shutdown") else part.remove()
+            except Exception as exc:   # shutting down must not hide the run's own outcome
+                log.warning("shutdown of %s failed: %s", type(part).__name__, exc)
+
+
+def _estimator(name: str):
+    from longvideo_r1.trainer.algos import advantage_estimator
+
+    try:
+        return advantage_estimator(name)
+    except ValueError as exc:
+        raise InputError(f"rl.algorithm: {exc}") from None
+
+
+def train_rl(config: RLConfig, train_data, val_data, store, model, out_dir, log_metrics=None,
+             stop_after: int | None = None, captions=None, placement=None, resume: bool = True) -> dict:
+    """Run (or resume, or continue to more ``steps``) the RL stage; the final policy is exported to
+    ``out_dir/model``. Returns the summary (with ``history``)."""
+    from longvideo_r1.trainer.loop import run_training
+
+    out = Path(out_dir)
+    job = RLJob(config, train_data, val_data, store, model, out, captions=captions, placement=placement,
+                resume=resume)
+    return run_training(job, out, log_metrics, stop_after, postfix="rollout/reward_mean")

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on teacher trajectories: epochs over token-budgeted steps, validation loss, resume.
 
 The data are our SFT JSONL (``lvr1 data sft``), tokenised exactly as the rollout runner builds
-contexts (:func:`longvideo_r1.trainer.data.tokenize_trajectory`), so the model is trained on the
+contexts (:func:`longvideo_r1.trainer.batches.tokenize_trajectory`), so the model is trained on the
 token layout it will act in. A step is one optimizer update over ``batch_tokens`` padded tokens of
 similar-length trajectories (the learner group cuts it into micro-batches per rank). The order of
 steps depends only on the seed and the epoch, so a resumed run (``resume=True``: the learner's
@@ -11,9 +11,7 @@ the losses an uninterrupted run would have had.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +38,11 @@ class SFTConfig:
     save_every: int = 0
     """checkpoint every this many steps (0: at the end of each epoch)"""
     seed: int = 0
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-4, warmup_steps=2, schedule="cosine"))
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
 
 
 def _examples(data: Path, tokenizer, config: SFTConfig):
-    from longvideo_r1.trainer.data import SFTDataset, split_validation
+    from longvideo_r1.trainer.batches import SFTDataset, split_validation
 
     dataset = SFTDataset(data, tokenizer, max_tokens=config.max_tokens)
     examples = list(dataset)
@@ -56,126 +54,122 @@ def _examples(data: Path, tokenizer, config: SFTConfig):
 
 
 def steps_per_epoch(train: list, config: SFTConfig, pad_id: int) -> int:
-    from longvideo_r1.trainer.data import sft_batches
+    from longvideo_r1.trainer.batches import sft_batches
 
     return len(sft_batches(train, config.batch_tokens, pad_id, seed=config.seed, shuffle=False))
 
 
+class SFTJob:
+    """SFT as a :class:`~longvideo_r1.trainer.loop.TrainingJob`: epochs of token-budgeted steps.
+
+    The data position follows from the learner's step count (every epoch has the same number of
+    steps), so a checkpoint taken at any moment resumes at the right batch."""
+
+    name = "sft"
+    history_offset = 0
+
+    def __init__(self, config: SFTConfig, data: Path, model: str | Path, out: Path, resume: bool, placement=None):
+        import dataclasses
+
+        from transformers import AutoTokenizer
+
+        from longvideo_r1.cluster.resources import PlacementConfig
+        from longvideo_r1.trainer.batches import sft_batches
+        from longvideo_r1.trainer.learner_group import LearnerGroup
+
+        if not data.is_file():
+            raise InputError(f"SFT data {data}: no such file; create it with `lvr1 data sft`")
+        self.config = config
+        self.out = out
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.train, self.val, self.dataset = _examples(data, tokenizer, config)
+        self.per_epoch = steps_per_epoch(self.train, config, self.pad_id)
+        self.total_steps = self.per_epoch * config.epochs
+        learner_config = dataclasses.replace(config.learner, model=str(model), seed=config.seed,
+                                             total_steps=config.learner.total_steps or self.total_steps)
+        self.group = LearnerGroup.placed(learner_config, placement or PlacementConfig())
+        self.ckpt = out / "checkpoints"
+        if resume and (self.ckpt / "latest").is_file():
+            self.group.load(str(self.ckpt))
+        self.done = self.group.step
+        if self.done:
+            log.info("SFT resumed from %s at step %d (epoch %d, batch %d)", self.ckpt, self.done,
+                     *divmod(self.done, self.per_epoch))
+        self.val_batches = sft_batches(self.val, config.batch_tokens, self.pad_id, shuffle=False) if self.val else []
+        self._epoch_batches: tuple[int, list] | None = None
+        self.trained_tokens = 0
+
+    def _batches(self, epoch: int) -> list:
+        from longvideo_r1.trainer.batches import sft_batches
+
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            self._epoch_batches = (epoch, sft_batches(self.train, self.config.batch_tokens, self.pad_id,
+                                                      seed=self.config.seed + epoch))
+        return self._epoch_batches[1]
+
+    def _end_of_epoch(self) -> bool:
+        return self.done % self.per_epoch == 0
+
+    def before_first_step(self) -> None:
+        return None
+
+    def validation(self) -> float | None:
+        if not self.val_batches:
+            return None
+        losses = [(self.group.sft_eval(b), int(b["loss_mask"].sum())) for b in self.val_batches]
+        return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
+
+    def train_step(self) -> dict:
+        epoch, index = divmod(self.done, self.per_epoch)
+        stats = self.group.sft_step(self._batches(epoch)[index])
+        self.done += 1
+        self.trained_tokens += stats["tokens"]
+        metrics = {"train/loss": stats["loss"], "train/grad_norm": stats["grad_norm"], "train/lr": stats["lr"],
+                   "train/tokens_per_s": stats["tokens"] / max(stats["seconds"], 1e-9), "train/epoch": epoch}
+        every = self.config.eval_every
+        if (every and self.done % every == 0) or (not every and self._end_of_epoch()):
+            v = self.validation()
+            if v is not None:
+                metrics["val/loss"] = v
+        log.info("sft step %d/%d epoch %d loss %.4f%s", self.done, self.total_steps, epoch, stats["loss"],
+                 f" val {metrics['val/loss']:.4f}" if "val/loss" in metrics else "")
+        return metrics
+
+    def checkpoint_due(self) -> bool:
+        every = self.config.save_every
+        return bool(every and self.done % every == 0) or (not every and self._end_of_epoch())
+
+    def save(self, interrupted: bool = False) -> None:
+        epoch, index = divmod(self.done, self.per_epoch)
+        self.group.save(str(self.ckpt), {"epoch": epoch, "index": index, "interrupted": interrupted})
+
+    def export(self, directory: Path) -> None:
+        self.group.export(str(directory))
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+    def summary(self, history: list[dict], seconds: float) -> dict:
+        steps = [h for h in history if "train/loss" in h]
+        return {"model": str(self.out / "model"), "steps": self.total_steps, "epochs": self.config.epochs, "train_examples": len(self.train),
+                "val_examples": len(self.val), "truncated": getattr(self.dataset, "truncated", 0),
+                "first_loss": steps[0]["train/loss"] if steps else None,
+                "last_loss": steps[-1]["train/loss"] if steps else None,
+                "val_loss": next((h["val/loss"] for h in reversed(history) if "val/loss" in h), None),
+                "seconds": round(seconds, 1), "trained_tokens": self.trained_tokens}
+
+
 def train_sft(config: SFTConfig, data: str | Path, model: str | Path, out_dir: str | Path, resume: bool = True,
               log_metrics=None, stop_after: int | None = None, placement=None) -> dict:
-    """Train ``model`` on the trajectories in ``data``; checkpoints under ``out_dir/checkpoints``,
-    the final transformers checkpoint in ``out_dir/model``. ``placement.learner`` says how many ranks
-    with which resources. ``log_metrics(dict, step)`` receives the
-    per-step figures (loss, grad norm, lr, tokens/s, validation loss). ``stop_after`` ends the run
-    after that many steps in total (a test's stand-in for a crash). Returns a summary."""
-    import dataclasses
-
-    from transformers import AutoTokenizer
-
-    from longvideo_r1.trainer.data import sft_batches
-    from longvideo_r1.trainer.group import LearnerGroup
+    """Train ``model`` on the trajectories in ``data`` (resuming from ``out_dir/checkpoints`` unless
+    ``resume=False``); the final transformers checkpoint goes to ``out_dir/model``. ``placement.learner``
+    says how many ranks with which resources. ``log_metrics(dict, step)`` receives the per-step figures
+    (loss, grad norm, lr, tokens/s, validation loss). ``stop_after`` ends the run after that many steps
+    in total (a test's stand-in for a crash). Returns the summary (``model``, losses, ``history``)."""
+    from longvideo_r1.trainer.loop import run_training
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    final = out / "model"
-    summary_file = out / "summary.json"
-    if resume and summary_file.is_file() and (final / "config.json").is_file():
-        log.info("SFT already finished in %s, skipping", out)
-        return json.loads(summary_file.read_text())
-    data = Path(data)
-    if not data.is_file():
-        raise InputError(f"SFT data {data}: no such file; create it with `lvr1 data sft`")
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train, val, dataset = _examples(data, tokenizer, config)
-    per_epoch = steps_per_epoch(train, config, pad_id)
-    total_steps = per_epoch * config.epochs
-    learner_config = dataclasses.replace(config.learner, model=str(model), seed=config.seed,
-                                         total_steps=config.learner.total_steps or total_steps)
-    from longvideo_r1.cluster.resources import PlacementConfig
-
-    learner = (placement or PlacementConfig()).learner      # ranks and their CPUs/GPUs
-    group = LearnerGroup(learner_config, num_workers=learner.count, num_cpus=learner.num_cpus,
-                         num_gpus=learner.num_gpus)
-    ckpt = out / "checkpoints"
-    if resume and (ckpt / "latest").is_file():
-        group.load(str(ckpt))
-    # The data position follows from the learner's step count (every epoch has the same number of
-    # steps), so a checkpoint taken at any moment resumes at the right batch.
-    epoch, index = divmod(group.step, per_epoch)
-    position = {"epoch": epoch, "index": index}
-    if group.step:
-        log.info("SFT resumed from %s at step %d (epoch %d, batch %d)", ckpt, group.step, epoch, index)
-    val_batches = sft_batches(val, config.batch_tokens, pad_id, shuffle=False) if val else []
-    history_file = out / "history.jsonl"
-    history = _read_history(history_file, group.step)
-    t_start = time.perf_counter()
-    trained_tokens = 0
-
-    def validation() -> float | None:
-        if not val_batches:
-            return None
-        losses = [(group.sft_eval(b), int(b["loss_mask"].sum())) for b in val_batches]
-        return sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
-
-    from longvideo_r1.progress import progress_bar
-
-    bar = progress_bar(total_steps, group.step, "sft")
-    try:
-        step = group.step
-        for epoch in range(position["epoch"], config.epochs):
-            batches = sft_batches(train, config.batch_tokens, pad_id, seed=config.seed + epoch)
-            start = position["index"] if epoch == position["epoch"] else 0
-            for index in range(start, len(batches)):
-                stats = group.sft_step(batches[index])
-                step += 1
-                trained_tokens += stats["tokens"]
-                metrics = {"train/loss": stats["loss"], "train/grad_norm": stats["grad_norm"], "train/lr": stats["lr"],
-                           "train/tokens_per_s": stats["tokens"] / max(stats["seconds"], 1e-9), "train/epoch": epoch}
-                last = index == len(batches) - 1
-                if (config.eval_every and step % config.eval_every == 0) or (not config.eval_every and last):
-                    v = validation()
-                    if v is not None:
-                        metrics["val/loss"] = v
-                history.append({"step": step, **metrics})
-                with history_file.open("a") as f:
-                    f.write(json.dumps(history[-1]) + "\n")
-                if log_metrics:
-                    log_metrics(metrics, step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", refresh=False)
-                log.info("sft step %d/%d epoch %d loss %.4f%s", step, total_steps, epoch, stats["loss"],
-                         f" val {metrics['val/loss']:.4f}" if "val/loss" in metrics else "")
-                next_position = {"epoch": epoch + (1 if last else 0), "index": 0 if last else index + 1}
-                if (config.save_every and step % config.save_every == 0) or (not config.save_every and last):
-                    group.save(str(ckpt), next_position)
-                if stop_after is not None and step >= stop_after:
-                    group.save(str(ckpt), next_position)
-                    return {"stopped_at": step, "history": history}
-        group.export(str(final))
-    except KeyboardInterrupt:
-        log.warning("SFT interrupted: writing a checkpoint before stopping")
-        group.save(str(ckpt), {"interrupted": True})
-        raise
-    finally:
-        bar.close()
-        group.shutdown()
-    summary = {"model": str(final), "steps": total_steps, "epochs": config.epochs, "train_examples": len(train),
-               "val_examples": len(val), "truncated": getattr(dataset, "truncated", 0),
-               "first_loss": history[0]["train/loss"] if history else None,
-               "last_loss": history[-1]["train/loss"] if history else None,
-               "val_loss": next((h["val/loss"] for h in reversed(history) if "val/loss" in h), None),
-               "seconds": round(time.perf_counter() - t_start, 1), "trained_tokens": trained_tokens,
-               "history": history}
-    summary_file.write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-def _read_history(path: Path, up_to_step: int) -> list[dict]:
-    """Per-step figures already written by this run (those of steps after the checkpoint are dropped)."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["step"] <= up_to_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+    job = SFTJob(config, Path(data), model, out, resume, placement)
+    return run_training(job, out, log_metrics, stop_after, postfix="train/loss")

@@ -5,17 +5,19 @@ factual caption within the level's word budget, then one user message that alter
 a text part (``"12.5s."`` or ``"12.5s. Subtitle: line one,line two."``) and the frame as a base64 JPEG
 ``image_url``. The reply's ``<caption>…</caption>`` wrapper is removed.
 
-Requests run on a small thread pool with a sliding window: at most ``concurrency`` requests are in
-flight, and the request iterator is pulled only as slots free up, so at most about ``concurrency``
-segments' frames are held in memory. HTTP, retries and error messages are
+Requests run concurrently on the client's event loop (``openai.AsyncOpenAI`` through
+:meth:`~longvideo_r1.openai_client.ChatClient.submit`) with a sliding window: at most ``concurrency``
+requests are in flight, and the request iterator is pulled (and its frames encoded, in the caller's
+thread) only as slots free up, so at most about ``concurrency`` segments' frames are held in memory.
+When the stream ends early (an error, or the consumer stops) the requests still in flight are
+cancelled at once, retry waits included. HTTP, retries and error messages are
 :class:`longvideo_r1.openai_client.ChatClient`'s.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Iterable, Iterator
 
 from longvideo_r1.corpus.captioners import CaptionRequest
@@ -62,22 +64,22 @@ class OpenAICaptioner:
     """Captions from an OpenAI-compatible ``/chat/completions`` endpoint.
 
     ``retries`` counts the tries after the first one, so a request is sent at most ``1 + retries``
-    times. ``system_prompt`` replaces the built-in prompt; the placeholders ``{word_budget}``,
+    times (the openai SDK's retries and waits: see :mod:`longvideo_r1.openai_client`). ``system_prompt`` replaces the built-in prompt; the placeholders ``{word_budget}``,
     ``{num_frames}`` and ``{level}`` in it are filled in (other braces are left alone).
     """
 
     name = "openai"
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None, concurrency: int = 8,
-                 timeout: float = 120.0, retries: int = 4, backoff: float = 1.0, max_tokens: int = 1024,
+                 timeout: float = 120.0, retries: int = 4, max_tokens: int = 1024,
                  temperature: float = 0.0, jpeg_quality: int = 90, system_prompt: str | None = None):
         if concurrency < 1:
             raise InputError(f"openai captioner: concurrency must be at least 1, got {concurrency}")
         if not 1 <= jpeg_quality <= 100:
             raise InputError(f"openai captioner: jpeg_quality must be in 1..100, got {jpeg_quality}")
-        # The client checks the model, timeout, retries and backoff, and owns the HTTP and retry logic.
+        # The client checks the model, timeout and retries, and owns the HTTP and retry logic.
         self.client = ChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
-                                 backoff=backoff, what="openai captioner", serves=" with image input")
+                                 what="openai captioner", serves=" with image input")
         self.concurrency = concurrency
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -104,10 +106,6 @@ class OpenAICaptioner:
     def retries(self) -> int:
         return self.client.retries
 
-    @property
-    def backoff(self) -> float:
-        return self.client.backoff
-
     def __repr__(self) -> str:  # never show the API key
         return f"OpenAICaptioner(endpoint={self.base_url!r}, model={self.model!r}, concurrency={self.concurrency})"
 
@@ -115,27 +113,23 @@ class OpenAICaptioner:
 
     def caption_many(self, requests: Iterable[CaptionRequest]) -> Iterator[str]:
         """Yield one caption per request, in input order, with at most ``concurrency`` in flight."""
-        # Set when the stream ends early (an error, or the consumer stops) so workers stop retrying.
-        abort = threading.Event()
         pending: deque[Future] = deque()
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai-captioner")
         try:
             iterator = iter(requests)
             while True:
                 # Free a slot before pulling the next request, so its frames are decoded only then.
                 while len(pending) >= self.concurrency:
-                    yield pending.popleft().result()
+                    yield strip_caption_tags(pending.popleft().result()[0])
                 request = next(iterator, _END)
                 if request is _END:
                     break
-                pending.append(pool.submit(self.caption_one, request, abort))
+                pending.append(self.client.submit(self.build_messages(request), max_tokens=self.max_tokens,
+                                                  temperature=self.temperature, context=_context(request)))
             while pending:
-                yield pending.popleft().result()
+                yield strip_caption_tags(pending.popleft().result()[0])
         finally:
-            abort.set()
-            for future in pending:
+            for future in pending:  # stops their HTTP attempts and retry waits now
                 future.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ one request
 
@@ -157,12 +151,13 @@ class OpenAICaptioner:
             content.append({"type": "image_url", "image_url": {"url": encode_jpeg(frame, self.jpeg_quality)}})
         return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
-    def caption_one(self, request: CaptionRequest, abort: threading.Event | None = None) -> str:
-        """Caption one segment, retrying transient failures; raise :class:`InputError` when it cannot.
-
-        Setting ``abort`` stops the retries (the attempt in flight still runs to its timeout).
-        """
-        context = f"video {request.video_id} {request.level} segment {request.ids}"
+    def caption_one(self, request: CaptionRequest) -> str:
+        """Caption one segment, retrying transient failures; raise :class:`InputError` when it cannot."""
         reply = self.client.complete(self.build_messages(request), max_tokens=self.max_tokens,
-                                     temperature=self.temperature, context=context, abort=abort)
+                                     temperature=self.temperature, context=_context(request))
         return strip_caption_tags(reply)
+
+
+def _context(request: CaptionRequest) -> str:
+    """What a request is for, in error messages."""
+    return f"video {request.video_id} {request.level} segment {request.ids}"

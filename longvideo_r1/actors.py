@@ -1,0 +1,145 @@
+"""Ray actors of one role, one per slot: start them with their slot's options, wait until ready, kill, restart.
+
+Every pool of actors in the platform (rollout workers, reward scorers, caption-store servers,
+learner ranks) starts its actors the same way; :class:`ActorGroup` is that one way. A *slot* is a
+position in the group (a rank, a worker index) and keeps its Ray options for good, above all its
+placement-group bundle, so an actor restarted in a slot lands where the first one did.
+
+The thread environment travels as the actor's environment: ``OMP_NUM_THREADS`` set in a runtime
+env wins over Ray's default (Ray sets it to the actor's ``num_cpus``, 1 for a fractional ask) and
+torch sizes its intra-op pool from it at import, so the actor needs no ``torch.set_num_threads``.
+
+This module sits in the bottom layer next to :mod:`~longvideo_r1.errors` (not in ``cluster``):
+``corpus`` uses it and may import only the bottom layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from longvideo_r1.errors import InputError
+
+log = logging.getLogger("longvideo_r1.actors")
+
+
+class ActorGroup:
+    """``count`` actors of class ``cls``, each started as ``cls(*args(slot))`` with its slot's Ray options.
+
+    ``options``: Ray options of every slot (``num_cpus``, ``num_gpus``, ``max_restarts``, …);
+    ``slot_options(slot)``: the options of one slot on top of them (its ``scheduling_strategy``,
+    a ``name``); ``args(slot)``: the constructor arguments of a slot (the same for all if a tuple).
+    ``threads`` > 0 sets ``OMP_NUM_THREADS`` (and so torch's thread count) in the actors; ``env``
+    adds environment variables (``DS_ACCELERATOR``, ``TOKENIZERS_PARALLELISM``).
+    The class must have a ``ready()`` method: :meth:`start` and :meth:`restart` return what it
+    returns once the actor is up. ``what`` names the actors in errors ("reward workers").
+    """
+
+    def __init__(self, cls, count: int, args: tuple | Callable[[int], tuple] = (), *, options: dict | None = None,
+                 slot_options: Callable[[int], dict] | None = None, threads: int = 0, env: dict | None = None,
+                 ready_timeout: float = 600.0, what: str = "actors"):
+        import ray
+
+        if not ray.is_initialized():
+            raise InputError(f"{what} need Ray: call ray.init() (or run inside a Ray job)")
+        if not isinstance(count, int) or count < 1:
+            raise InputError(f"{what}: need at least one, got {count!r}")
+        self.remote_cls = ray.remote(cls)   # .options() of this, once per actor (see DEVELOPERS.md)
+        self.args = args if callable(args) else (lambda slot: args)
+        self.options = dict(options or {})
+        self.slot_options = slot_options or (lambda slot: {})
+        env = dict(env or {})
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        if env:
+            runtime_env = dict(self.options.get("runtime_env") or {})
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+            self.options["runtime_env"] = runtime_env
+        self.ready_timeout = ready_timeout
+        self.what = what
+        self.actors: list = [None] * count
+
+    # -------------------------------------------------------------------- the slots
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def __getitem__(self, slot: int):
+        return self.actors[slot]
+
+    def __iter__(self):
+        return iter(self.actors)
+
+    def slot_of(self, actor) -> int:
+        """The slot ``actor`` was started in; ValueError if it is no longer in the group."""
+        for slot, a in enumerate(self.actors):
+            if a is not None and a is actor:
+                return slot
+        raise ValueError(f"{self.what}: this actor is not in the group (killed or replaced)")
+
+    def options_of(self, slot: int) -> dict:
+        return {**self.options, **self.slot_options(slot)}
+
+    # -------------------------------------------------------------------- life cycle
+
+    def spawn(self, slot: int):
+        """Start an actor in ``slot`` (not waiting for it); the slot's old actor, if any, is killed."""
+        self.kill(slot)
+        self.actors[slot] = self.remote_cls.options(**self.options_of(slot)).remote(*self.args(slot))
+        return self.actors[slot]
+
+    def wait_ready(self, slots: list[int]) -> list:
+        """What ``ready()`` returns for each of ``slots``, in order.
+
+        InputError if some did not answer within ``ready_timeout`` (their resources are not free, or
+        they are still loading); an error raised while an actor started comes out as Ray raises it.
+        """
+        import ray
+
+        refs = [self.actors[s].ready.remote() for s in slots]
+        done, missing = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
+        if missing:
+            ask = self.options_of(slots[0])
+            raise InputError(f"{self.what}: {len(missing)} of {len(refs)} did not start within "
+                             f"{self.ready_timeout:g} s; check the cluster has {ask.get('num_cpus', 1):g} CPUs and "
+                             f"{ask.get('num_gpus', 0) or 0:g} GPUs free for each (or that they load faster)")
+        return ray.get(refs)
+
+    def start(self) -> list:
+        """Start every slot and wait until all are ready; on any failure all are killed again."""
+        try:
+            for slot in range(len(self.actors)):
+                self.spawn(slot)
+            return self.wait_ready(list(range(len(self.actors))))
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def restart(self, slot: int):
+        """Kill the actor in ``slot`` and start a new one with the same options; what its ``ready()`` returns.
+
+        If the new one fails to start, the slot is left empty (None) and the error propagates.
+        """
+        self.spawn(slot)
+        try:
+            return self.wait_ready([slot])[0]
+        except BaseException:
+            self.kill(slot)
+            raise
+
+    def kill(self, slot: int) -> None:
+        """Kill the actor in ``slot`` for good (Ray does not restart it); the slot is then empty."""
+        import ray
+        from ray.exceptions import RayError
+
+        actor, self.actors[slot] = self.actors[slot], None
+        if actor is not None:
+            try:
+                ray.kill(actor, no_restart=True)
+            except RayError as exc:   # already gone
+                log.debug("%s: slot %d was already gone (%s)", self.what, slot, exc)
+
+    def shutdown(self) -> None:
+        """Kill every actor (the group can :meth:`start` again)."""
+        for slot in range(len(self.actors)):
+            self.kill(slot)
