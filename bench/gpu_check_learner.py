@@ -14,7 +14,7 @@ with ``models.make_tiny_qwen3`` (real Qwen3 tokenizer) unless said otherwise:
   float32 ZeRO-3 gives ZeRO-0's losses), ``full_state_dict`` timing; the float32 ZeRO-3 and bf16 ZeRO-0
   learners also ``export`` (transformers reloads the folder and its log-probs match the learner's),
   and bf16 ZeRO-3 saves a checkpoint that a fresh learner resumes with the same next loss;
-- ``rl``: ``compute`` logprobs / ref_logprobs, then ``rl_step`` with advantages and those
+- ``rl``: ``logprobs`` / ``ref_logprobs``, then ``rl_step`` with advantages and those
   ``old_logprobs`` (KL and entropy terms on): probability moves towards positive advantages;
 - ``throughput``: SFT tokens/s of a bigger Qwen3 (``--big``) in bf16 (ZeRO-0), on micro-batches shaped
   like agent trajectories, and the same steps as a plain PyTorch loop (autocast bf16, full logits).
@@ -147,7 +147,7 @@ def learner_config(model_dir, **kw):
 
 
 def step_batches(learner, batch):
-    from longvideo_r1.trainer.group import micro_batches
+    from longvideo_r1.trainer.learner_group import micro_batches
 
     return [mb for _, mb in micro_batches(batch, learner.config.micro_batch_tokens)]
 
@@ -216,9 +216,9 @@ def check_sft(model_dir, dtype: str, zero: int, steps: int, work: Path, export: 
         t = time.perf_counter()
         out = learner.export(str(work / f"export-{dtype}-zero{zero}"))
         rec["export_s"] = time.perf_counter() - t
-        ours = learner.compute(mbs, "logprobs")
+        ours = learner.logprobs(mbs)
         mine = torch.zeros(batch["loss_mask"].shape)
-        from longvideo_r1.trainer.group import micro_batches
+        from longvideo_r1.trainer.learner_group import micro_batches
 
         for (rows, _), lp in zip(micro_batches(batch, cfg.micro_batch_tokens), ours):
             mine[rows, : lp.shape[1]] = lp
@@ -253,7 +253,7 @@ def check_sft(model_dir, dtype: str, zero: int, steps: int, work: Path, export: 
 def check_rl(model_dir, dtype: str, steps: int) -> dict:
     import torch
 
-    from longvideo_r1.trainer.group import micro_batches, totals
+    from longvideo_r1.trainer.learner_group import micro_batches, step_normalisers
     from longvideo_r1.trainer.learner import Learner
 
     rec = {"check": f"rl_{dtype}_zero0", "dtype": dtype}
@@ -265,13 +265,13 @@ def check_rl(model_dir, dtype: str, steps: int) -> dict:
     batch["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * batch["loss_mask"].float()
     pieces = micro_batches(batch, cfg.micro_batch_tokens)
 
-    def gather(what):
+    def gather(evaluate):
         out = torch.zeros(batch["loss_mask"].shape)
-        for (rows, _), t in zip(pieces, learner.compute([mb for _, mb in pieces], what)):
+        for (rows, _), t in zip(pieces, evaluate([mb for _, mb in pieces])):
             out[rows, : t.shape[1]] = t
         return out
 
-    before, ref = gather("logprobs"), gather("ref_logprobs")
+    before, ref = gather(learner.logprobs), gather(learner.ref_logprobs)
     mask = batch["loss_mask"].bool()
     rec["ref_vs_policy_max_abs_diff"] = float((before - ref)[mask].abs().max())
     stats = []
@@ -279,10 +279,10 @@ def check_rl(model_dir, dtype: str, steps: int) -> dict:
     for _ in range(steps):
         batch["old_logprobs"], batch["ref_logprobs"] = before, ref
         pieces = micro_batches(batch, cfg.micro_batch_tokens)
-        stats.append(learner.rl_step([mb for _, mb in pieces], totals(batch)).as_dict())
+        stats.append(learner.rl_step([mb for _, mb in pieces], step_normalisers(batch)).as_dict())
     sync()
     rec["step_s"] = (time.perf_counter() - t) / steps
-    after = gather("logprobs")
+    after = gather(learner.logprobs)
     gain = ((after - before) * mask).sum(-1) / mask.sum(-1)
     rec.update(logprob_gain_per_row=gain.tolist(), first=stats[0], last=stats[-1])
     problems = []
@@ -310,7 +310,7 @@ def check_throughput(model_dir, rows: int, length: int, micro_tokens: int, steps
                      plain: bool) -> list[dict]:
     import torch
 
-    from longvideo_r1.trainer.group import micro_batches
+    from longvideo_r1.trainer.learner_group import micro_batches
     from longvideo_r1.trainer.learner import Learner
 
     records = []

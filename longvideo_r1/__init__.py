@@ -8,4 +8,14 @@ Rooms (subpackages) and the direction of their imports, bottom to top:
 Lower rooms never import higher ones.
 """
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is its one source)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("longvideo-r1")
+    except PackageNotFoundError:      # a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()

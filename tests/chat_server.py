@@ -53,13 +53,29 @@ class Fault:
     content_type: str = "application/json"  # the ``Content-Type`` sent with ``body``
 
 
+class Headers(dict):
+    """Request headers, looked up without regard to case as HTTP defines them (stored lower-cased)."""
+
+    def __init__(self, items=()):
+        super().__init__((str(k).lower(), v) for k, v in items)
+
+    def __getitem__(self, key):
+        return super().__getitem__(str(key).lower())
+
+    def __contains__(self, key):
+        return super().__contains__(str(key).lower())
+
+    def get(self, key, default=None):
+        return super().get(str(key).lower(), default)
+
+
 @dataclass
 class ChatRequest:
     """One request as the server received it."""
 
     index: int                         # arrival order, from 0
     path: str
-    headers: dict[str, str]
+    headers: Headers                   # case-insensitive: headers["Authorization"]
     payload: dict | None               # the parsed JSON body (None if it was not JSON)
     texts: list[str] = field(default_factory=list)          # text parts of the user messages, in order
     images: list[np.ndarray] = field(default_factory=list)  # decoded image parts (H, W, 3) uint8, in order
@@ -67,6 +83,7 @@ class ChatRequest:
     status: int | None = None          # what the server answered (None if the client left first)
     started: float = 0.0              # time.monotonic() at arrival
     finished: float = 0.0
+    client_port: int = 0               # the client's TCP port (the same for requests on one connection)
 
     @property
     def model(self) -> str | None:
@@ -244,8 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._send_error(404, f"no route POST {self.path}", "not_found_error")
-        request = ChatRequest(index=-1, path=self.path, headers=dict(self.headers.items()), payload=None,
-                              started=time.monotonic())
+        request = ChatRequest(index=-1, path=self.path, headers=Headers(self.headers.items()), payload=None,
+                              started=time.monotonic(), client_port=self.client_address[1])
         fault = owner._arrive(request)
         self._counted = True
         try:
@@ -267,6 +284,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, request: ChatRequest, raw: bytes, fault: Fault | None) -> int | None:
         owner = self.server_owner
+        try:  # kept even when a fault answers, so a test can see what every attempt sent
+            request.payload = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            request.payload = None
         if not owner._sleep(owner.delay + (fault.delay if fault else 0.0)):
             return None
         if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
@@ -277,11 +298,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error(fault.status, message, "server_error", extra)
         if fault and fault.body is not None:
             return self._send_bytes(200, fault.body, content_type=fault.content_type)
-        try:
-            request.payload = json.loads(raw)
-            _validate(request, owner.models)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        if request.payload is None and raw.strip() != b"null":
             return self._send_error(400, "the request body is not valid JSON", "invalid_request_error")
+        try:
+            _validate(request, owner.models)
         except BadRequest as exc:
             return self._send_error(exc.status, str(exc), "invalid_request_error")
         content = owner.handler(request)

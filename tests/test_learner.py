@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from longvideo_r1.errors import InputError
-from longvideo_r1.trainer.group import LearnerGroup, deal, micro_batches, totals
+from longvideo_r1.trainer.learner_group import LearnerGroup, assign_to_ranks, micro_batches, step_normalisers
 from longvideo_r1.trainer.learner import LearnerConfig, global_agg_options, lr_factor
 
 pytestmark = pytest.mark.slow
@@ -156,8 +156,8 @@ def test_rl_step_moves_probability_towards_positive_advantages_with_kl_and_entro
     cfg = config(tiny_qwen3_dir, lr=3e-3, kl_coef=0.1, kl_kind="k3", entropy_coef=0.01, micro_batch_tokens=80)
     group = LearnerGroup(cfg)
     batch = rl_batch()
-    before = group.compute(batch, "logprobs")
-    ref = group.compute(batch, "ref_logprobs")
+    before = group.logprobs(batch)
+    ref = group.ref_logprobs(batch)
     torch.testing.assert_close(ref, before)                 # the reference is the starting policy
     assert (before[batch["loss_mask"] == 0] == 0).all()
     stats = []
@@ -165,7 +165,7 @@ def test_rl_step_moves_probability_towards_positive_advantages_with_kl_and_entro
         batch["old_logprobs"] = before
         batch["ref_logprobs"] = ref
         stats.append(group.rl_step(batch))
-    after = group.compute(batch, "logprobs")
+    after = group.logprobs(batch)
     group.shutdown()
     mask = batch["loss_mask"].bool()
     gain = ((after - before) * mask).sum(-1) / mask.sum(-1)
@@ -182,14 +182,14 @@ def test_rl_step_moves_probability_towards_positive_advantages_with_kl_and_entro
 def test_ppo_value_head_learns_the_returns(ray_local, tiny_qwen3_dir):
     group = LearnerGroup(config(tiny_qwen3_dir, value_head=True, lr=1e-2, value_clip=10.0))
     batch = rl_batch(seed=3)
-    batch["old_logprobs"] = group.compute(batch, "logprobs")
+    batch["old_logprobs"] = group.logprobs(batch)
     batch["advantages"] = torch.zeros_like(batch["old_logprobs"])
     batch["returns"] = 0.7 * batch["loss_mask"].float()
-    values = group.compute(batch, "values")
+    values = group.values(batch)
     assert (values == 0).all()                                # zero-initialised head
     losses = []
     for _ in range(4):
-        batch["old_values"] = group.compute(batch, "values")
+        batch["old_values"] = group.values(batch)
         losses.append(group.rl_step(batch)["value_loss"])
     with pytest.raises(InputError, match="lacks returns, old_values"):
         group.rl_step({k: batch[k] for k in ("input_ids", "attention_mask", "loss_mask", "advantages", "old_logprobs")})
@@ -207,7 +207,7 @@ def test_published_weights_update_a_rollout_engine(ray_local, tiny_qwen3_dir):
     batch = sft_batch(5)
     group.sft_step(batch)
     ref = group.publish_weights()          # owned by the learner: valid while the group lives
-    logprobs = group.compute(batch, "logprobs")
+    logprobs = group.logprobs(batch)
     published = ray.get(ref)
     group.shutdown()
     engine = HFEngine(str(tiny_qwen3_dir))
@@ -244,9 +244,9 @@ def test_micro_batches_cover_every_row_once_within_the_budget():
         assert mb["input_ids"].shape[1] == int(lengths[idx].max())
         assert len(idx) == 1 or mb["input_ids"].numel() <= 70
         torch.testing.assert_close(mb["loss_mask"], batch["loss_mask"][idx, : mb["input_ids"].shape[1]])
-    shares = deal(pieces, 2)
+    shares = assign_to_ranks(pieces, 2)
     assert sorted(len(s) for s in shares) and sum(len(s) for s in shares) == len(pieces)
-    assert totals(batch)["tokens"] == int(batch["loss_mask"].sum())
+    assert step_normalisers(batch)["tokens"] == int(batch["loss_mask"].sum())
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
@@ -255,7 +255,7 @@ def test_micro_batch_shares_add_up_to_the_global_aggregate(mode):
 
     batch = sft_batch(2, rows=7)
     values = torch.randn(batch["loss_mask"].shape, generator=torch.Generator().manual_seed(0))
-    norm = totals(batch)
+    norm = step_normalisers(batch)
     options = global_agg_options(norm)
     whole = algos.agg_loss(values, batch["loss_mask"].float(), mode, **options)
     parts = sum(algos.agg_loss(values[idx, : mb["input_ids"].shape[1]], mb["loss_mask"].float(), mode, **options)

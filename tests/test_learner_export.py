@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from longvideo_r1.trainer.group import LearnerGroup
+from longvideo_r1.trainer.learner_group import LearnerGroup
 from longvideo_r1.trainer.learner import LearnerConfig
 from tests.test_learner import sft_batch
 
@@ -62,7 +62,7 @@ def test_exported_checkpoint_serves_in_vllm_with_the_learners_logprobs(ray_local
 
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         batch = right_padded([(p, list(g.token_ids)) for p, g in zip(prompts, gens)], pad)
-        learner_lp = group.compute(batch, "logprobs")
+        learner_lp = group.logprobs(batch)
     finally:
         group.shutdown()
 

@@ -237,12 +237,14 @@ def test_system_metrics_are_sampled_on_the_parent_run_only(tmp_path, no_env_uri)
     out = tmp_path / "run"
     tracker = Tracker(TrackingConfig(system_metrics_interval=0.2), out, "sampled")
     with tracker.pipeline():
+        monitor = tracker.system_monitor
+        assert monitor is not None and monitor.sampling_interval == 0.2
         with tracker.stage("work") as s:
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:                              # a little CPU to measure
+            started = time.monotonic()                                      # a little CPU to measure, until
+            while time.monotonic() < started + 1 or (monitor._logging_step < 2   # two samples were taken
+                                                     and time.monotonic() < started + 60):
                 sum(i * i for i in range(20000))
             s.log_metrics({"done": 1})
-        assert tracker.system_monitor is not None
     assert tracker.system_monitor is None                                   # stopped with the parent
     client, record = client_for(out)
     parent = client.get_run(record["run_id"])

@@ -12,10 +12,11 @@ def _cmd_submit(args) -> int:
     if args.entrypoint and (args.config or args.set):
         raise InputError("--entrypoint replaces `lvr1 pipeline --config … --set …`: give one or the other")
     entrypoint = args.entrypoint or pipeline_entrypoint(args.config, args.set, args.working_dir)
+    out = getattr(args, "stdout", None) or sys.stdout          # the job's logs and the job id are the results
     result = submit(entrypoint, address=args.address, working_dir=args.working_dir, env=parse_env(args.env),
-                    excludes=args.exclude, wait=not args.no_wait, submission_id=args.job_id)
+                    excludes=args.exclude, wait=not args.no_wait, submission_id=args.job_id, out=out)
     if args.no_wait:
-        print(result.job_id)
+        print(result.job_id, file=out)
         return 0
     if result.status == "SUCCEEDED":
         print(f"lvr1 submit: job {result.job_id} SUCCEEDED", file=sys.stderr)
@@ -32,8 +33,9 @@ def add_commands(sub) -> None:
         "runs/, .venv/, .git/, …) is uploaded as its runtime env, the logs are streamed, and the exit status "
         "is the job's (0 SUCCEEDED, 1 FAILED or STOPPED). The cluster token is read like Ray does: "
         "RAY_AUTH_TOKEN, else the file in RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token.")
-    p.add_argument("--config", help="pipeline config under the working dir (e.g. configs/demo-cpu.yaml), or an "
-                   "absolute path that exists on the cluster")
+    p.add_argument("--config", action="append", metavar="FILE",
+                   help="pipeline config under the working dir (e.g. configs/demo-cpu.yaml), or an absolute path "
+                   "that exists on the cluster; repeatable, passed on in order (later files win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, passed on to `lvr1 pipeline` (repeatable)")
     p.add_argument("--address", help="the cluster's dashboard URL (default $RAY_API_SERVER_ADDRESS, or "

@@ -121,12 +121,13 @@ def job_path(path: str, working_dir: str | Path = ".", cwd: str | Path | None = 
                      "(e.g. configs/demo-cpu.yaml), or an absolute path that exists on the cluster")
 
 
-def pipeline_entrypoint(config: str | None = None, overrides: list[str] | None = None,
+def pipeline_entrypoint(config: str | list[str] | None = None, overrides: list[str] | None = None,
                         working_dir: str | Path = ".") -> str:
-    """The shell command ``lvr1 pipeline --config … --set …`` for the job, each argument quoted."""
+    """The shell command ``lvr1 pipeline --config … --set …`` for the job, each argument quoted;
+    ``config`` is one file or a list of them (passed on in order: later files win)."""
     args = ["lvr1", "pipeline"]
-    if config:
-        args += ["--config", job_path(config, working_dir)]
+    for path in [config] if isinstance(config, (str, Path)) else config or []:
+        args += ["--config", job_path(path, working_dir)]
     for override in overrides or []:
         if "=" not in override:
             raise InputError(f"--set {override!r}: write it as key.path=value, e.g. --set corpus.videos=2")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ray
 
+from longvideo_r1.actors import ActorGroup
 from longvideo_r1.corpus.store import Caption, CaptionStore, VideoRecord, read_manifest, shard_of
 from longvideo_r1.errors import InputError
 
@@ -55,20 +56,31 @@ class CaptionStoreClient:
     """Start ``num_actors`` serving actors for a store and route lookups to them by video id."""
 
     def __init__(self, root: str, num_actors: int = 2, cache_size: int = 65536, num_cpus: float = 0.5,
-                 name_prefix: str | None = None):
+                 name_prefix: str | None = None, actor_options=None, start_timeout: float = 120.0):
+        """``actor_options(a)``: Ray options of actor ``a`` (e.g. its placement-group bundle, from
+        :meth:`~longvideo_r1.cluster.resources.PlacementGroups.actor_options`); ``name_prefix``
+        names actor ``a`` ``{name_prefix}-{a}``."""
         if not ray.is_initialized():
             raise InputError("the caption store client needs Ray: call ray.init() (or run inside a Ray job)")
         manifest = read_manifest(root)  # fail here, not inside the actors, on a bad store path
         self.num_shards = manifest["num_shards"]
         self.num_actors = max(1, min(num_actors, self.num_shards))
-        actor_cls = ray.remote(CaptionShardServer)
-        base = {"num_cpus": num_cpus, "max_restarts": -1, "max_task_retries": 3}
-        self.actors = []
-        for a in range(self.num_actors):
-            shards = [k for k in range(self.num_shards) if k % self.num_actors == a]
-            options = {**base, "name": f"{name_prefix}-{a}"} if name_prefix else base
-            self.actors.append(actor_cls.options(**options).remote(str(root), shards, cache_size))
-        ray.get([actor.ready.remote() for actor in self.actors])
+
+        def shards(a: int) -> list[int]:
+            return [k for k in range(self.num_shards) if k % self.num_actors == a]
+
+        def slot_options(a: int) -> dict:
+            return {**(actor_options(a) if actor_options else {}), **({"name": f"{name_prefix}-{a}"} if name_prefix else {})}
+
+        # Ray itself restarts a dead server and retries the call (they hold no state but caches).
+        self.group = ActorGroup(CaptionShardServer, self.num_actors, lambda a: (str(root), shards(a), cache_size),
+                                options={"num_cpus": num_cpus, "max_restarts": -1, "max_task_retries": 3},
+                                slot_options=slot_options, ready_timeout=start_timeout, what="caption store servers")
+        self.group.start()
+
+    @property
+    def actors(self) -> list:
+        return self.group.actors
 
     def actor_for(self, video_id: str):
         return self.actors[shard_of(video_id, self.num_shards) % self.num_actors]
@@ -99,7 +111,5 @@ class CaptionStoreClient:
         return ray.get([actor.memory.remote() for actor in self.actors])
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        self.group.shutdown()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 
@@ -20,14 +19,15 @@ def _cmd_eval(args) -> int:
     config = EvalConfig(max_rounds=args.max_rounds, workers=args.workers, limit=args.limit,
                         video_qa=args.video_qa, video_qa_options=video_qa_options)
     out = args.out or f"runs/eval/{benchmark.name}"
-    # Keep stdout pure JSON: loading a local model can make DeepSpeed print on stdout.
-    with contextlib.redirect_stdout(sys.stderr):
-        summary = run_eval(benchmark, args.store, policies, out, config)
-        if not args.no_report:
-            report = write_report(out)
-            summary["report"] = str(report["report"])
-            summary["plots"] = {k: str(v) for k, v in report["plots"].items()}
-    print(json.dumps(summary, indent=1))
+    # Standard output carries the summary only: `lvr1` (main) sends what libraries print there (DeepSpeed
+    # when a local model loads) to stderr while the command runs, and hands the real stdout as args.stdout.
+    summary = run_eval(benchmark, args.store, policies, out, config)
+    if not args.no_report:
+        report = write_report(out)
+        summary["report"] = str(report["report"])
+        summary["plots"] = {k: str(v) for k, v in report["plots"].items()}
+    text = json.dumps(summary) if args.json else json.dumps(summary, indent=1)
+    print(text, file=getattr(args, "stdout", None) or sys.stdout)
     return 1 if summary["failed"] else 0
 
 
@@ -60,4 +60,6 @@ def add_commands(sub) -> None:
     p.add_argument("--video-qa-endpoint", help="OpenAI-compatible base URL of the vision-language model")
     p.add_argument("--video-qa-model", help="model name at --video-qa-endpoint")
     p.add_argument("--no-report", action="store_true", help="write the result files only")
+    p.add_argument("--json", action="store_true", help="print the JSON summary on one line (the default prints "
+                   "the same object indented); either way stdout holds that one object only")
     p.set_defaults(func=_cmd_eval)

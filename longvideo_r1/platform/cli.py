@@ -2,16 +2,24 @@
 
 Every subcommand maps onto one function of a lower room. Errors caused by input are printed as
 one line (``lvr1: error: …``) with exit status 2; nothing the user typed ends in a traceback.
+
+Standard output carries results only (JSON, tables, YAML). While a command runs, everything else
+that would print on stdout (``print`` in library code, loggers bound to ``sys.stdout`` such as
+DeepSpeed's and vLLM's, C code and child processes writing to file descriptor 1) goes to stderr;
+a handler writes its results to ``args.stdout``, the real standard output kept aside by
+:func:`main`. Logs go to stderr at the level of ``-v`` / ``--log-level`` (else ``LVR1_LOG_LEVEL``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
 
+from longvideo_r1 import __version__
 from longvideo_r1.errors import InputError
 
 
@@ -19,7 +27,7 @@ def _cmd_corpus_demo(args) -> int:
     from longvideo_r1.corpus.demo import generate_demo_corpus
 
     summary = generate_demo_corpus(args.out, videos=args.videos, minutes=args.minutes, seed=args.seed)
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1), file=args.stdout)
     return 0
 
 
@@ -40,7 +48,7 @@ def _cmd_captions_build(args) -> int:
     for video_id, message in sorted(report.failed.items()):
         print(f"lvr1: error: {message}", file=sys.stderr)
     print(json.dumps({"store": args.out, "built": len(report.built), "skipped": len(report.skipped),
-                      "failed": sorted(report.failed), "seconds": round(report.seconds, 1)}))
+                      "failed": sorted(report.failed), "seconds": round(report.seconds, 1)}), file=args.stdout)
     return 1 if report.failed else 0
 
 
@@ -51,7 +59,7 @@ def _cmd_captions_import(args) -> int:
     for message in report["failed"].values():
         print(f"lvr1: error: {message}", file=sys.stderr)
     print(json.dumps({"store": args.out, "imported": len(report["imported"]), "skipped": len(report["skipped"]),
-                      "failed": sorted(report["failed"])}))
+                      "failed": sorted(report["failed"])}), file=args.stdout)
     return 1 if report["failed"] else 0
 
 
@@ -64,7 +72,7 @@ def _cmd_captions_export(args) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text)
     else:
-        print(text)
+        print(text, file=args.stdout)
     return 0
 
 
@@ -79,35 +87,60 @@ def _cmd_captions_get(args) -> int:
     from longvideo_r1.corpus.store import CaptionStore
 
     caption = CaptionStore(args.store).get(args.video_id, _parse_ids(args.ids))
-    print(json.dumps(caption.to_json(), ensure_ascii=False))
+    print(json.dumps(caption.to_json(), ensure_ascii=False), file=args.stdout)
     return 0
 
 
 def _cmd_captions_stats(args) -> int:
     from longvideo_r1.corpus.store import CaptionStore
 
-    print(json.dumps(CaptionStore(args.store).stats(), indent=1))
+    print(json.dumps(CaptionStore(args.store).stats(), indent=1), file=args.stdout)
     return 0
 
 
 def _cmd_models_prepare(args) -> int:
-    import contextlib
-
     from longvideo_r1.models import MODEL_NAMES, prepare_models
 
-    # Keep stdout pure JSON: transformers imports accelerate, which imports DeepSpeed, whose logger
-    # prints "Setting accelerator to CPU" on stdout; send any such chatter to stderr instead.
-    with contextlib.redirect_stdout(sys.stderr):
-        paths = prepare_models(args.out, args.only or MODEL_NAMES)
-    print(json.dumps({name: str(path) for name, path in paths.items()}, indent=1))
+    # transformers imports accelerate, which imports DeepSpeed, whose logger prints "Setting
+    # accelerator to CPU" on stdout: main() has sent stdout to stderr, results go to args.stdout.
+    paths = prepare_models(args.out, args.only or MODEL_NAMES)
+    print(json.dumps({name: str(path) for name, path in paths.items()}, indent=1), file=args.stdout)
     return 0
+
+
+def _print_summary(args, result) -> None:
+    print(json.dumps(result, indent=1, default=str), file=args.stdout)
 
 
 def _cmd_pipeline(args) -> int:
     from longvideo_r1.platform.config import load_config
     from longvideo_r1.platform.pipeline import run_pipeline
 
-    run_pipeline(load_config(args.config, args.set), until=args.until)
+    _print_summary(args, run_pipeline(load_config(args.config, args.set), until=args.until))
+    return 0
+
+
+def _plain_yaml(value):
+    """A config value as YAML's safe dumper takes it (tuples as lists, paths as strings)."""
+    from pathlib import PurePath
+
+    if isinstance(value, dict):
+        return {str(k): _plain_yaml(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_yaml(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from longvideo_r1.platform.config import load_config, to_dict
+
+    config = load_config(args.config, args.set)
+    args.stdout.write(yaml.safe_dump(_plain_yaml(to_dict(config)), sort_keys=False, allow_unicode=True,
+                                     default_flow_style=False, width=100))
     return 0
 
 
@@ -124,7 +157,7 @@ def _cmd_train(args) -> int:
         shutil.rmtree(stage_dir)      # a fresh start of this stage; earlier stages are kept
     if args.stage == "rl":
         config.eval.enabled = False
-    run_pipeline(config, until=args.stage)
+    _print_summary(args, run_pipeline(config, until=args.stage))
     return 0
 
 
@@ -140,7 +173,8 @@ def _cmd_ask(args) -> int:
     episode = ask(args.video, args.question, args.options, args.store, args.policy, args.video_qa,
                   video_qa_options, args.captioner, captioner_options, args.max_rounds, args.answer,
                   parse_clues(args.clue), trace_json=args.trace_json, timeline_png=args.timeline_png)
-    print_episode(episode)
+    with contextlib.redirect_stdout(args.stdout):
+        print_episode(episode)
     return 0
 
 
@@ -151,7 +185,7 @@ def _cmd_data(args) -> int:
     template = load_system_template(args.system_template)
     if args.data_command == "rl":
         print(json.dumps(data.generate_rl(args.corpus, args.store, args.out, args.split, args.data_source,
-                                          args.max_rounds, template)))
+                                          args.max_rounds, template)), file=args.stdout)
         return 0
     from longvideo_r1.agent.teacher import HintConfig, make_teacher
 
@@ -175,19 +209,19 @@ def _cmd_data(args) -> int:
         backend = make_video_qa(args.video_qa, **options)
     summary = data.generate_sft(args.corpus, args.store, teacher, args.out, args.split, args.max_rounds,
                                 args.workers, args.keep_wrong, backend, template, args.sharegpt)
-    print(json.dumps(summary))
+    print(json.dumps(summary), file=args.stdout)
     return 1 if summary["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvr1", description="LongVideo-R1 platform: long-video navigation "
                                      "agents trained with RL on Ray, vLLM and DeepSpeed.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pipeline", help="run the main job (demo corpus -> caption store -> …) from a config")
-    p.add_argument("--config", help="YAML config (e.g. configs/demo-cpu.yaml); defaults if omitted")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set corpus.videos=2 (repeatable)")
+    p = sub.add_parser("pipeline", help="run the main job (demo corpus -> caption store -> …) from a config; "
+                       "prints a JSON summary")
+    add_config_arguments(p)
     p.add_argument("--until", choices=["corpus", "captions", "model", "sft_data", "sft", "rl_data", "rl", "eval"],
                    help="stop after this stage (default: run them all)")
     p.set_defaults(func=_cmd_pipeline)
@@ -195,11 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one stage (sft or rl) of a config's pipeline; the stages before "
                        "it run (or are skipped) first")
     p.add_argument("stage", choices=["sft", "rl"])
-    p.add_argument("--config", help="YAML config (e.g. configs/demo-cpu.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_config_arguments(p)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the stage's last checkpoint (default); --no-resume starts it afresh")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved config (defaults, then each --config file, then each "
+                       "--set) as YAML", description="Print the config a `lvr1 pipeline` with the same --config and "
+                       "--set options would run, as YAML (a valid config file). Unknown keys, wrongly typed values "
+                       "and contradictions are errors naming the key (exit 2).")
+    add_config_arguments(p)
+    p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("ask", help="answer one question about one video and show how the agent found it")
     p.add_argument("--video", required=True, help="video file (an .srt beside it is used)")
@@ -322,44 +362,131 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
+    for each in _all_parsers(parser):
+        _add_log_options(each, top=each is parser)
     return parser
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (repeatable, later files win key by key) and ``--set KEY=VALUE`` (repeatable,
+    applied last), as `lvr1 pipeline`, `train`, `config` and `submit` take them."""
+    p.add_argument("--config", action="append", metavar="FILE",
+                   help="YAML config (e.g. configs/demo-cpu.yaml); repeatable: later files override earlier ones "
+                   "key by key (defaults if omitted)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key after the files, e.g. --set corpus.videos=2 (repeatable)")
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every parser below it (the subcommands, their subcommands, …)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):   # aliases share one parser
+                yield from _all_parsers(child)
+
+
+def _add_log_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """``-v`` and ``--log-level``, taken before or after the subcommand (``lvr1 -v pipeline`` and
+    ``lvr1 pipeline -v`` alike); a subcommand's parser leaves the value alone unless given there."""
+    from longvideo_r1.logs import LEVELS
+
+    group = p.add_argument_group("logging") if top else p
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="DEBUG",
+                       default=None if top else argparse.SUPPRESS,
+                       help="log at DEBUG level (same as --log-level DEBUG)")
+    group.add_argument("--log-level", dest="log_level", type=str.upper, choices=LEVELS, metavar="LEVEL",
+                       default=None if top else argparse.SUPPRESS,
+                       help=f"log level on stderr: {', '.join(LEVELS)} (default: $LVR1_LOG_LEVEL, else INFO)")
 
 
 # Subcommand groups that live in their own room: each module defines ``add_commands(sub)`` (adding
 # parsers with ``set_defaults(func=handler)``) and keeps its top-level imports light.
 COMMAND_MODULES: tuple[str, ...] = (
-    "longvideo_r1.platform.runs",
+    "longvideo_r1.platform.compare_runs",
     "longvideo_r1.cluster.commands",
     "longvideo_r1.eval.commands",
 )
 
 
-def _setup_logging() -> None:
-    """Structured progress lines on stderr: time, room (logger), level, message (step, role, worker)."""
-    import logging
+class _ResultsOnStdout:
+    """While a command runs: the real standard output is kept for results (``self.stream``, handed to
+    the command as ``args.stdout``) and everything else that prints on stdout goes to stderr.
 
-    root = logging.getLogger("longvideo_r1")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
-        root.addHandler(handler)
-        root.setLevel(os.environ.get("LVR1_LOG_LEVEL", "INFO"))
+    When ``sys.stdout`` is the process's file descriptor 1, the redirection is done on descriptors,
+    so C code, child processes and loggers that captured ``sys.stdout`` are moved too; otherwise (a
+    caller that replaced ``sys.stdout``, such as pytest's capsys) the current ``sys.stdout`` object
+    takes the results and ``sys.stdout`` points at ``sys.stderr`` meanwhile.
+    """
+
+    def __enter__(self):
+        from longvideo_r1.logs import send_library_logs_to_stderr
+
+        self.saved = sys.stdout
+        self.fd: int | None = None
+        with contextlib.suppress(Exception):
+            self.saved.flush()
+        try:
+            on_fd1 = self.saved.fileno() == 1
+        except (AttributeError, OSError, ValueError):
+            on_fd1 = False
+        if on_fd1:
+            sys.stderr.flush()
+            self.fd = os.dup(1)
+            self.stream = open(self.fd, "w", encoding=self.saved.encoding, errors=self.saved.errors,
+                               closefd=False)
+            os.dup2(2, 1)
+        else:
+            self.stream = self.saved
+        sys.stdout = sys.stderr
+        send_library_logs_to_stderr(self.saved)      # loggers that captured stdout before main() ran
+        return self.stream
+
+    def broken_pipe(self) -> None:
+        """The reader of stdout went away: drop the rest of the results quietly."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.fd if self.fd is not None else self.saved.fileno())
+        os.close(devnull)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.broken_pipe()
+            with contextlib.suppress(Exception):
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        sys.stdout = self.saved
+        if self.fd is not None:
+            os.dup2(self.fd, 1)
+            os.close(self.fd)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from longvideo_r1.logs import setup_logging
+
     args = build_parser().parse_args(argv)
-    _setup_logging()
     try:
-        return args.func(args)
-    except InputError as exc:
+        setup_logging(args.log_level, sys.stderr, export=args.log_level is not None)
+    except InputError as exc:                       # a bad LVR1_LOG_LEVEL
         print(f"lvr1: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lvr1: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    results = _ResultsOnStdout()
+    with results as args.stdout:
+        try:
+            return args.func(args)
+        except InputError as exc:
+            print(f"lvr1: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("lvr1: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            results.broken_pipe()
+            return 1
 
 
 if __name__ == "__main__":

@@ -137,6 +137,9 @@ DERIVED = {
 
 
 def _refuse_derived(data: dict) -> None:
+    """A derived key may appear only with its default value (as ``lvr1 config`` prints it)."""
+    from longvideo_r1.trainer.learner import LearnerConfig
+
     for key, decided_by in DERIVED.items():
         node = data
         for part in key.split("."):
@@ -144,7 +147,8 @@ def _refuse_derived(data: dict) -> None:
                 break
             node = node[part]
         else:
-            raise InputError(f"config key {key}: set by {decided_by}; remove it from the config")
+            if node != getattr(LearnerConfig(), key.rsplit(".", 1)[1]):
+                raise InputError(f"config key {key}: set by {decided_by}; remove it from the config")
 
 
 def _choice(key: str, value, choices) -> None:

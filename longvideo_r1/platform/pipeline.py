@@ -128,7 +128,8 @@ def summarize(corpus_dir: Path, store: Path) -> dict:
     from longvideo_r1.corpus.store import CaptionStore
     from longvideo_r1.jsonl import json_lines
 
-    questions = list(json_lines(corpus_dir / "questions.jsonl"))
+    path = corpus_dir / "questions.jsonl"
+    questions = [q for _, q in json_lines(path.read_text(), str(path), "regenerate the corpus")]
     stats = CaptionStore(store).stats()
     manifest = json.loads((corpus_dir / "corpus.json").read_text())
     return {

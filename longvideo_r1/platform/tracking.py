@@ -608,8 +608,13 @@ class Tracker:
         if not self.config.system_metrics:
             return
         try:
+            import logging
+
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+            chatter = logging.getLogger("mlflow.system_metrics")   # start/stop notes at INFO: keep them
+            if chatter.level == logging.NOTSET and not logging.getLogger("longvideo_r1").isEnabledFor(logging.DEBUG):
+                chatter.setLevel(logging.WARNING)                  # for -v / --log-level DEBUG
             monitor = SystemMetricsMonitor(run_id, sampling_interval=self.config.system_metrics_interval,
                                            resume_logging=resumed, tracking_uri=self.tracking_uri)
             monitor.start()

@@ -29,8 +29,9 @@ from itertools import islice
 from numbers import Real
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import RayActorError, RayError
 
+from longvideo_r1.actors import ActorGroup
 from longvideo_r1.errors import InputError
 from longvideo_r1.reward.score import RewardConfig
 
@@ -141,7 +142,11 @@ class RewardService:
     """Score batches of episodes on ``num_workers`` Ray actors with a per-item ``timeout_s``."""
 
     def __init__(self, num_workers: int = 2, timeout_s: float = 30.0, scorer=None,
-                 config: RewardConfig | None = None, num_cpus: float = 0.5, scheduling_strategy=None):
+                 config: RewardConfig | None = None, num_cpus: float = 0.5, scheduling_strategy=None,
+                 actor_options=None):
+        """``scheduling_strategy``: where every worker goes; ``actor_options(i)``: Ray options of
+        worker ``i`` on top (e.g. its placement-group bundle, from
+        :meth:`~longvideo_r1.cluster.resources.PlacementGroups.actor_options`), kept by its replacements."""
         if not ray.is_initialized():
             raise InputError("the reward service needs Ray: call ray.init() (or run inside a Ray job)")
         if not isinstance(num_workers, int) or num_workers < 1:
@@ -158,52 +163,44 @@ class RewardService:
             raise InputError(f"reward scorer {scorer!r}: give a callable, 'path/to/file.py:function' "
                              "or 'module:function'")
         self.timeout_s = float(timeout_s)
-        self._scorer = scorer
-        self._kwargs = asdict(config) if config is not None else {}
-        self._actor_cls = ray.remote(RewardWorker)
-        self._options = {"num_cpus": num_cpus, "max_restarts": 0, "max_task_retries": 0}
+        options = {"num_cpus": num_cpus, "max_restarts": 0, "max_task_retries": 0}
         if scheduling_strategy is not None:     # e.g. the reward role's placement-group bundle
-            self._options["scheduling_strategy"] = scheduling_strategy
-        self.workers: list = self._spawn(num_workers)
-
-    # -- workers
-
-    def _spawn(self, count: int) -> list:
-        """Start ``count`` actors and wait until their scorer is loaded; InputError if it cannot be."""
-        actors = [self._actor_cls.options(**self._options).remote(self._scorer, self._kwargs) for _ in range(count)]
+            options["scheduling_strategy"] = scheduling_strategy
+        self._group: ActorGroup | None = ActorGroup(
+            RewardWorker, num_workers, (scorer, asdict(config) if config is not None else {}), options=options,
+            slot_options=actor_options, ready_timeout=START_TIMEOUT_S, what="reward workers")
         try:
-            problems = ray.get([actor.ready.remote() for actor in actors], timeout=START_TIMEOUT_S)
-        except (RayError, GetTimeoutError) as exc:
-            self._kill(actors)
+            problems = self._group.start()
+        except RayError as exc:
             raise InputError(f"reward workers could not be started: {_one_line(exc)}") from None
         problem = next((p for p in problems if p), None)
         if problem:
-            self._kill(actors)
+            self._group.shutdown()
             raise InputError(problem)
-        return actors
 
-    @staticmethod
-    def _kill(actors) -> None:
-        for actor in actors:
-            if actor is not None:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except RayError:   # already gone
-                    pass
+    # -- workers
+
+    @property
+    def workers(self) -> list:
+        """The worker actor of each slot (None where one could not be restarted); [] after shutdown."""
+        return self._group.actors if self._group is not None else []
 
     def _replace(self, slot: int) -> None:
         """Kill the worker in ``slot`` (if any) and start a fresh one; None there if that fails."""
-        self._kill([self.workers[slot]])
-        self.workers[slot] = None
         try:
-            self.workers[slot] = self._spawn(1)[0]
-        except InputError as exc:
-            logger.error("reward worker %d could not be restarted: %s", slot, exc)
+            problem = self._group.restart(slot)
+        except (InputError, RayError) as exc:
+            logger.error("reward worker %d could not be restarted: %s", slot, _one_line(exc))
+            return
+        if problem:     # the scorer loaded before; a replacement that cannot load it is no worker
+            self._group.kill(slot)
+            logger.error("reward worker %d could not be restarted: %s", slot, problem)
 
     def shutdown(self) -> None:
         """Kill every worker; the service cannot be used afterwards."""
-        self._kill(self.workers)
-        self.workers = []
+        if self._group is not None:
+            self._group.shutdown()
+            self._group = None
 
     # -- scoring
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from longvideo_r1.jsonl import json_lines
+from longvideo_r1.jsonl import complete_lines, json_lines
 
 log = logging.getLogger("longvideo_r1.trainer")
 
@@ -48,7 +48,11 @@ class TrainingJob(Protocol):
 def read_history(path: Path, done: int, offset: int) -> list[dict]:
     """The rows this run already wrote for steps up to ``done`` (later ones belong to steps the resumed
     run repeats); the file is rewritten to hold exactly those rows."""
-    rows = [r for r in json_lines(path) if r["step"] - offset <= done] if path.is_file() else []
+    rows = []
+    if path.is_file():      # a half-written last line (a crash mid-write) is dropped
+        text = complete_lines(path).decode()
+        rows = [r for _, r in json_lines(text, str(path), "delete the file to start the history afresh")
+                if r["step"] - offset <= done]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
