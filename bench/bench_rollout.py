@@ -68,7 +68,7 @@ def run_one(model_name: str, args) -> dict:
     from longvideo_r1.corpus.store import CaptionStore
     from longvideo_r1.models import prepare_models
     from longvideo_r1.rollout.engine import HFEngine, VLLMEngine
-    from longvideo_r1.rollout.runner import RolloutConfig, RolloutTimings, run_rollouts
+    from longvideo_r1.rollout.episodes import RolloutConfig, RolloutTimings, run_rollouts
 
     model_dir = prepare_models(args.models_dir, [model_name])[model_name]
     run = Path(args.run)

@@ -40,7 +40,7 @@ def check(episodes: int) -> dict:
     from longvideo_r1.agent.tools import Tools
     from longvideo_r1.corpus.store import CaptionStore
     from longvideo_r1.rollout.engine import HFEngine, Sampling
-    from longvideo_r1.rollout.runner import RolloutConfig, RolloutTimings, run_rollouts, to_batch
+    from longvideo_r1.rollout.episodes import RolloutConfig, RolloutTimings, run_rollouts, to_batch
 
     out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     t_start = time.perf_counter()

@@ -28,7 +28,7 @@ from longvideo_r1.errors import InputError
 from longvideo_r1.platform.cli import main
 from longvideo_r1.rollout.chat import ChatTokens
 from longvideo_r1.rollout.engine import EngineStats, Generation
-from longvideo_r1.rollout.runner import RolloutConfig, run_rollouts
+from longvideo_r1.rollout.episodes import RolloutConfig, run_rollouts
 from longvideo_r1.trainer.batches import (
     SFTDataset,
     sft_batches,

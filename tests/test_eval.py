@@ -17,7 +17,7 @@ from longvideo_r1.eval import runner
 from longvideo_r1.eval.benchmarks import load_benchmark, parse_time_reference, split_inline_options
 from longvideo_r1.eval.metrics import summarize_records
 from longvideo_r1.eval.report import write_report
-from longvideo_r1.eval.runner import default_label, parse_policy, read_results
+from longvideo_r1.eval.evaluate import default_label, parse_policy, read_results
 from longvideo_r1.platform.cli import main
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longvideo_r1.agent.episode import Question
-from longvideo_r1.rollout.runner import RolloutEpisode, to_batch
+from longvideo_r1.rollout.episodes import RolloutEpisode, to_batch
 from longvideo_r1.trainer import algos
 from longvideo_r1.trainer.rl import RLConfig
 from longvideo_r1.trainer.rl_batch import add_advantages, episode_metrics, reward_items

@@ -8,7 +8,7 @@ import pytest
 import ray
 import torch
 
-from longvideo_r1.rollout.runner import RolloutConfig
+from longvideo_r1.rollout.episodes import RolloutConfig
 from longvideo_r1.trainer.rl import RLConfig, question_order, train_rl
 from longvideo_r1.trainer.learner import LearnerConfig
 from tests.navigator import question

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from longvideo_r1.agent.protocol import LAST_ROUND_NOTE
 from longvideo_r1.rollout.chat import TRUNCATION_MARKER, ChatTokens
 from longvideo_r1.rollout.engine import HFEngine, Sampling, VLLMEngine
-from longvideo_r1.rollout.runner import RolloutConfig, run_rollouts, to_batch
+from longvideo_r1.rollout.episodes import RolloutConfig, run_rollouts, to_batch
 from tests.navigator import FIRST_TURN, question
 
 pytestmark = pytest.mark.slow

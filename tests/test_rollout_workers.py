@@ -7,7 +7,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from longvideo_r1.rollout.runner import RolloutConfig
+from longvideo_r1.rollout.episodes import RolloutConfig
 from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
 from tests.navigator import question
 

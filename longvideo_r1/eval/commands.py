@@ -9,7 +9,7 @@ import sys
 def _cmd_eval(args) -> int:
     from longvideo_r1.eval.benchmarks import load_benchmark
     from longvideo_r1.eval.report import write_report
-    from longvideo_r1.eval.runner import EvalConfig, parse_policy, run_eval
+    from longvideo_r1.eval.evaluate import EvalConfig, parse_policy, run_eval
 
     benchmark = load_benchmark(args.benchmark, args.format, args.split)
     policies = [parse_policy(p) for p in args.policy]

@@ -1,7 +1,7 @@
 """The pipeline's evaluation stage: trained checkpoints and baselines side by side on the held-out split.
 
 Checkpoints are played by a vLLM rollout worker (greedy, the RL episode rules, all questions
-batched), baselines by :func:`longvideo_r1.eval.runner.run_eval`; both write the same per-question
+batched), baselines by :func:`longvideo_r1.eval.evaluate.run_eval`; both write the same per-question
 result lines (``<label>.jsonl``), so one report (:func:`longvideo_r1.eval.report.write_report`)
 covers all of them. A label whose result file already covers every question is not replayed.
 """
@@ -17,14 +17,14 @@ from longvideo_r1.errors import InputError
 
 
 def _done(path: Path, qids: set) -> bool:
-    from longvideo_r1.eval.runner import read_results
+    from longvideo_r1.eval.evaluate import read_results
 
     return path.is_file() and qids <= {r["qid"] for r in read_results(path)}
 
 
 def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Path, config) -> Path:
     """Play every question with checkpoint ``model`` (greedy) and write ``out/<label>.jsonl``."""
-    from longvideo_r1.eval.runner import PolicySpec, episode_record
+    from longvideo_r1.eval.evaluate import PolicySpec, episode_record
     from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
 
     path = out / f"{label}.jsonl"
@@ -53,7 +53,7 @@ def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Pa
 def evaluate_stage(config, corpus_dir: Path, store: Path, models: dict[str, Path], out: Path, run=None) -> dict:
     from longvideo_r1.eval.benchmarks import load_benchmark
     from longvideo_r1.eval.report import write_report
-    from longvideo_r1.eval.runner import EvalConfig, PolicySpec, run_eval
+    from longvideo_r1.eval.evaluate import EvalConfig, PolicySpec, run_eval
 
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -49,7 +49,7 @@ def _fmt(value, how: str) -> str:
 
 def load_results(results_dir: str | Path) -> tuple[dict[str, list[dict]], dict]:
     """``({label: records}, run.json contents)`` of a results folder."""
-    from longvideo_r1.eval.runner import read_results
+    from longvideo_r1.eval.evaluate import read_results
 
     root = Path(results_dir)
     if not root.is_dir():

@@ -3,7 +3,7 @@
 The tree: this module's sections (corpus, captions, data, eval, ray) and the sections owned by the
 rooms that read them: ``sft`` (:class:`~longvideo_r1.trainer.sft.SFTConfig`), ``rl``
 (:class:`~longvideo_r1.trainer.rl.RLConfig`, with ``rl.rollout``
-:class:`~longvideo_r1.rollout.runner.RolloutConfig` and ``rl.learner`` / ``sft.learner``
+:class:`~longvideo_r1.rollout.episodes.RolloutConfig` and ``rl.learner`` / ``sft.learner``
 :class:`~longvideo_r1.trainer.learner.LearnerConfig`), ``tracking``
 (:class:`~longvideo_r1.platform.tracking.TrackingConfig`) and ``placement``
 (:class:`~longvideo_r1.cluster.resources.PlacementConfig`). Every key has one default, in its

@@ -18,7 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from longvideo_r1.agent.episode import Question
 from longvideo_r1.errors import InputError
-from longvideo_r1.rollout.runner import RolloutConfig, RolloutEpisode, RolloutTimings
+from longvideo_r1.rollout.episodes import RolloutConfig, RolloutEpisode, RolloutTimings
 
 log = logging.getLogger("longvideo_r1.rollout")
 
@@ -65,7 +65,7 @@ class RolloutWorker:
 
     def rollout(self, questions: list[Question], config: RolloutConfig,
                 group_offset: int) -> tuple[list[RolloutEpisode], RolloutTimings]:
-        from longvideo_r1.rollout.runner import run_rollouts
+        from longvideo_r1.rollout.episodes import run_rollouts
 
         timings = RolloutTimings()
         return run_rollouts(self.engine, self.tools, questions, config, timings, group_offset), timings

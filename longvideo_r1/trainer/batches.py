@@ -1,6 +1,6 @@
 """SFT tokenisation and batches for the learner.
 
-:func:`tokenize_trajectory` builds the ids exactly as ``rollout.runner.run_rollouts`` builds a
+:func:`tokenize_trajectory` builds the ids exactly as ``rollout.episodes.run_rollouts`` builds a
 context (via :class:`~longvideo_r1.rollout.chat.ChatTokens`): the prompt rendered once with the chat
 template, then each assistant turn encoded on its own (loss on all of it, ``<think>`` included), then
 each observation block (end of turn, observation as a user turn, next generation prompt; no loss).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from longvideo_r1.errors import InputError
 from longvideo_r1.rollout.chat import ChatTokens
-from longvideo_r1.rollout.runner import RolloutConfig
+from longvideo_r1.rollout.episodes import RolloutConfig
 from longvideo_r1.trainer.sft_data import read_sft_records
 
 

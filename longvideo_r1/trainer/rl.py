@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longvideo_r1.errors import InputError
-from longvideo_r1.rollout.runner import RolloutConfig
+from longvideo_r1.rollout.episodes import RolloutConfig
 from longvideo_r1.trainer.learner import LearnerConfig
 
 log = logging.getLogger("longvideo_r1.rl")
@@ -167,7 +167,7 @@ class RLJob:
 
     def train_step(self) -> dict:
         """One RL step; returns its metrics (validation figures included when due)."""
-        from longvideo_r1.rollout.runner import to_batch
+        from longvideo_r1.rollout.episodes import to_batch
         from longvideo_r1.trainer.rl_batch import add_advantages, episode_metrics, reward_items
 
         c = self.config

@@ -1,8 +1,8 @@
 """From finished episodes to a learner batch: reward items, advantages, step metrics.
 
-Plain functions over :class:`~longvideo_r1.rollout.runner.RolloutEpisode` lists and tensors; the
+Plain functions over :class:`~longvideo_r1.rollout.episodes.RolloutEpisode` lists and tensors; the
 RL loop (:mod:`longvideo_r1.trainer.rl`) calls them between the rollout workers, the reward service
-and the learner group. The batch is :func:`longvideo_r1.rollout.runner.to_batch`'s, keys unchanged
+and the learner group. The batch is :func:`longvideo_r1.rollout.episodes.to_batch`'s, keys unchanged
 (``loss_mask``, ``old_logprobs``, …); this module adds ``advantages`` (and for estimators with a
 critic ``returns`` and ``old_values``).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from longvideo_r1.rollout.runner import RolloutEpisode
+from longvideo_r1.rollout.episodes import RolloutEpisode
 from longvideo_r1.trainer import algos
 
 

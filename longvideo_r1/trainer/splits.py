@@ -11,7 +11,7 @@ from longvideo_r1.agent.episode import EpisodeConfig
 from longvideo_r1.agent.protocol import DEFAULT_SYSTEM_PROMPT
 from longvideo_r1.errors import InputError
 from longvideo_r1.jsonl import json_lines
-from longvideo_r1.rollout.runner import RolloutConfig
+from longvideo_r1.rollout.episodes import RolloutConfig
 
 MAX_ROUNDS = RolloutConfig.max_rounds
 """rounds per episode: the RL rollout limit (15), so SFT contexts equal RL contexts"""
