@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -425,6 +424,16 @@ class CaptionStore:
         shard = self._shards[shard_of(video_id, self.num_shards)]
         first = shard.index[video_id]
         return [self._row(shard, video_id, ids, first + i) for i, ids in enumerate(tree.all_ids(width))]
+
+    def require(self, video_ids, what: str = "video(s)") -> "CaptionStore":
+        """This store, if it holds every video in ``video_ids``; otherwise an :class:`InputError` naming
+        (up to five of) the missing ones and how to caption them."""
+        missing = sorted(set(video_ids) - set(self.video_ids()))
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise InputError(f"caption store {self.root}: lacks {what} {shown}; caption them with "
+                             f"`lvr1 captions build --videos VIDEOS --out {self.root}` (or `lvr1 captions import`)")
+        return self
 
     def video_ids(self) -> list[str]:
         ids = []

@@ -273,13 +273,7 @@ def open_store(store: str | Path, video_ids) -> object:
     if not root.exists():
         raise InputError(f"caption store {root}: no such folder; build it with "
                          f"`lvr1 captions build --videos VIDEOS --out {root}`")
-    captions = CaptionStore(root)
-    missing = sorted(set(video_ids) - set(captions.video_ids()))
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise InputError(f"caption store {root} lacks benchmark video(s) {shown}; build their captions with "
-                         f"`lvr1 captions build --videos VIDEOS --out {root}` (or `lvr1 captions import`)")
-    return captions
+    return CaptionStore(root).require(video_ids, "benchmark video(s)")
 
 
 def _video_qa_backend(config: EvalConfig, captions, video_ids):

@@ -162,6 +162,15 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 
 # ------------------------------------------------------------------------------------ advantages
 
+def _scores_and_mask(scores: torch.Tensor, mask: torch.Tensor) -> None:
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be [B] (one score per sample); got shape {tuple(scores.shape)}")
+    _two_dim("mask", mask)
+    if mask.shape[0] != scores.shape[0]:
+        raise ValueError(f"scores has shape {tuple(scores.shape)} but mask has shape {tuple(mask.shape)}; "
+                         "they need the same batch size B")
+
+
 def _group_ids(groups: Sequence[Hashable] | torch.Tensor, batch: int) -> list[Hashable]:
     if isinstance(groups, torch.Tensor) or hasattr(groups, "tolist"):
         ids = groups.tolist()
@@ -188,12 +197,7 @@ def grpo_advantages(
     is its own score, divided by ``1 + eps``); a group of equal scores gets 0.
     Returns ``(advantages, returns)``, both ``[B, T]`` and equal: ``a_i · mask[i]``.
     """
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be [B] (one score per sample); got shape {tuple(scores.shape)}")
-    _two_dim("mask", mask)
-    if mask.shape[0] != scores.shape[0]:
-        raise ValueError(f"scores has shape {tuple(scores.shape)} but mask has shape {tuple(mask.shape)}; "
-                         "they need the same batch size B")
+    _scores_and_mask(scores, mask)
     ids = _group_ids(groups, scores.shape[0])
     members: dict[Hashable, list[int]] = {}
     for i, gid in enumerate(ids):
@@ -261,12 +265,7 @@ def token_level_outcome(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     at ``(i, last t with mask[i, t] == 1)``. A row without any sampled token stays all zeros (no
     token to credit).
     """
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be [B] (one score per sample); got shape {tuple(scores.shape)}")
-    _two_dim("mask", mask)
-    if mask.shape[0] != scores.shape[0]:
-        raise ValueError(f"scores has shape {tuple(scores.shape)} but mask has shape {tuple(mask.shape)}; "
-                         "they need the same batch size B")
+    _scores_and_mask(scores, mask)
     dtype = scores.dtype if scores.is_floating_point() else torch.get_default_dtype()
     out = torch.zeros(mask.shape, dtype=dtype, device=scores.device)
     on = mask.bool()

@@ -66,12 +66,7 @@ def open_tools(store: str | Path, video_ids, video_qa=None):
     from longvideo_r1.agent.tools import Tools
     from longvideo_r1.corpus.store import CaptionStore
 
-    captions = CaptionStore(store)
-    missing = sorted(set(video_ids) - set(captions.video_ids()))
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise InputError(f"caption store {store}: lacks video(s) {shown}; caption them first with "
-                         f"`lvr1 captions build --videos CORPUS/videos --out {store}`")
+    captions = CaptionStore(store).require(video_ids)
     return Tools(captions, video_qa)
 
 
