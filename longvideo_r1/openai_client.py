@@ -34,6 +34,7 @@ import base64
 import contextvars
 import io
 import os
+import re
 import threading
 from concurrent.futures import Future
 from typing import Any, Sequence
@@ -58,6 +59,15 @@ def _count_attempt(request) -> None:
 
 async def _count_attempt_async(request) -> None:
     _count_attempt(request)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The body of a client's event loop thread: serve requests until :meth:`ChatClient.close`."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def chat_base_url(endpoint: str, what: str = "openai endpoint") -> str:
@@ -144,7 +154,7 @@ class ChatClient:
                 import openai
 
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name=f"{self.what} requests", daemon=True).start()
+                threading.Thread(target=_run_loop, args=(loop,), name=f"{self.what} requests", daemon=True).start()
                 http = openai.DefaultAsyncHttpxClient(timeout=self.timeout,
                                                       event_hooks={"request": [_count_attempt_async]})
                 self._async = (os.getpid(), loop, openai.AsyncOpenAI(**self._sdk_options(http)))
@@ -287,7 +297,10 @@ class ChatClient:
             f"{self.model!r}"))
 
     def _scrub(self, message: str) -> str:
-        return message.replace(self._api_key, "[API key]") if self._api_key else message
+        """The message with the API key cut out wherever it stands alone (a server may echo it)."""
+        if not self._api_key:
+            return message
+        return re.sub(rf"(?<![\w-]){re.escape(self._api_key)}(?![\w-])", "[API key]", message)
 
 
 def _message_text(raw) -> str:

@@ -25,7 +25,7 @@ def make_videos(folder, count, frames=72):
 
 
 def openai_options(srv):
-    return {"endpoint": srv.base_url, "model": "test-model", "concurrency": 4, "backoff": 0.01}
+    return {"endpoint": srv.base_url, "model": "test-model", "concurrency": 4}
 
 
 def build_cmd(videos, store, srv, workers=1):
@@ -105,5 +105,5 @@ def test_an_unreachable_endpoint_fails_the_video_with_a_message_naming_it(tmp_pa
     with ChatServer() as srv:
         endpoint = srv.base_url
     report = build_store(videos, tmp_path / "store", "openai",
-                         {"endpoint": endpoint, "model": "m", "retries": 1, "backoff": 0.01}, progress=False)
+                         {"endpoint": endpoint, "model": "m", "retries": 1}, progress=False)
     assert list(report.failed) == ["clip_00"] and endpoint.split("/v1")[0] in report.failed["clip_00"]

@@ -130,6 +130,23 @@ def test_stopping_early_pulls_no_further_requests():
     assert len(pulled) <= 4
 
 
+def test_an_error_mid_stream_cancels_the_requests_in_flight_and_their_retries():
+    with ChatServer(faults=lambda i: Fault(status=503)) as srv:
+        def requests():
+            for i in range(3):
+                yield make_request(i)
+            deadline = time.monotonic() + 5
+            while len(srv.requests) < 3 and time.monotonic() < deadline:  # all three are being retried
+                time.sleep(0.01)
+            raise InputError("video clip: frame 9 cannot be decoded")
+
+        with pytest.raises(InputError, match="cannot be decoded"):
+            caption_all(captioner(srv, concurrency=4, retries=5), requests())
+        seen = len(srv.requests)
+        time.sleep(1.5)  # left running, each request would have been retried twice by now
+    assert seen == 3 and len(srv.requests) == 3
+
+
 # ---------------------------------------------------------------- failures
 
 def test_a_transient_500_is_retried_and_succeeds():

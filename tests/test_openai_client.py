@@ -210,6 +210,14 @@ def test_the_api_key_never_appears_in_a_message_even_when_the_server_echoes_it()
         assert KEY not in repr(client)
 
 
+def test_a_short_key_is_cut_out_without_mangling_names_that_contain_it():
+    with ChatServer(faults=[Fault(status=403, message="key tok refused for tok-model")]) as srv:
+        with pytest.raises(InputError) as err:
+            ChatClient(srv.base_url, "tok-model", api_key="tok").complete(MESSAGES)
+    assert "HTTP 403: key [API key] refused for tok-model" in str(err.value)
+    assert "serves model 'tok-model'" in str(err.value)
+
+
 def test_the_key_from_the_environment_is_used_and_not_shown(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with ChatServer(api_key="sk-other") as srv:

@@ -2,8 +2,9 @@
 
 `lvr1 submit` builds the job's runtime env from ``DEFAULT_EXCLUDES`` and ``DEFAULT_ENV``
 (longvideo_r1/cluster/submit.py). The README's plain ``ray job submit`` example and the KubeRay
-RayJob's ``runtimeEnvYAML`` write the same settings out by hand; these tests read both and fail when
-either drifts from the Python definition.
+RayJob's ``runtimeEnvYAML`` write the same settings out by hand, and the ``ray up`` cluster leaves
+the same folders out of the repo it syncs to the nodes; these tests read all three and fail when any
+drifts from the Python definition.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from longvideo_r1.cluster.submit import DEFAULT_ENV, DEFAULT_EXCLUDES, runtime_e
 
 REPO = Path(__file__).resolve().parents[1]
 RAYJOB = REPO / "configs" / "cluster" / "rayjob-2node-8gpu.yaml"
+RAY_UP = REPO / "configs" / "cluster" / "ray-2node-8gpu.yaml"
 
 
 def readme_ray_job_submit() -> list[str]:
@@ -67,3 +69,11 @@ def test_the_rayjob_runtime_env_carries_the_same_excludes_and_env():
     # The working dir is the repo inside the image: the WORKDIR of the image recipe in the header.
     (workdir,) = re.findall(r"^#\s+WORKDIR\s+(\S+)\s*$", text, re.M)
     assert spec["working_dir"] == workdir
+
+
+def test_the_ray_up_cluster_syncs_the_repo_without_the_same_folders():
+    config = yaml.safe_load(RAY_UP.read_text())
+    assert config["rsync_exclude"] == list(DEFAULT_EXCLUDES)
+    # Ray rsyncs the contents of "." (a trailing slash), so "/x/" is anchored at the repo root as in
+    # the runtime env's gitignore syntax.
+    assert config["file_mounts"]["~/longvideo-r1"] == "."

@@ -37,7 +37,8 @@ from longvideo_r1.errors import InputError
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # The job's runtime environment, defined once. `lvr1 submit` sends it (see :func:`runtime_env`); the
 # README's `ray job submit` example and the KubeRay RayJob's `runtimeEnvYAML`
-# (configs/cluster/rayjob-2node-8gpu.yaml) spell out the same excludes and env_vars, and
+# (configs/cluster/rayjob-2node-8gpu.yaml) spell out the same excludes and env_vars, the `ray up`
+# cluster (configs/cluster/ray-2node-8gpu.yaml) leaves the same folders out of the repo it syncs, and
 # tests/test_runtime_env.py fails when any of them drifts from these two constants.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     # gitignore syntax, relative to the working dir (a leading / anchors to its top). Ray also honours
