@@ -253,8 +253,8 @@ def check_sft(model_dir, dtype: str, zero: int, steps: int, work: Path, export: 
 def check_rl(model_dir, dtype: str, steps: int) -> dict:
     import torch
 
-    from longvideo_r1.trainer.learner_group import micro_batches, step_normalisers
     from longvideo_r1.trainer.learner import Learner
+    from longvideo_r1.trainer.learner_group import micro_batches, step_normalisers
 
     rec = {"check": f"rl_{dtype}_zero0", "dtype": dtype}
     reset_peak()
@@ -310,8 +310,8 @@ def check_throughput(model_dir, rows: int, length: int, micro_tokens: int, steps
                      plain: bool) -> list[dict]:
     import torch
 
-    from longvideo_r1.trainer.learner_group import micro_batches
     from longvideo_r1.trainer.learner import Learner
+    from longvideo_r1.trainer.learner_group import micro_batches
 
     records = []
     cfg = learner_config(model_dir, zero_stage=zero, dtype="bf16", lr=1e-5, micro_batch_tokens=micro_tokens)

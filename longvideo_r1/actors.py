@@ -97,7 +97,7 @@ class ActorGroup:
         import ray
 
         refs = [self.actors[s].ready.remote() for s in slots]
-        done, missing = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
+        _, missing = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
         if missing:
             ask = self.options_of(slots[0])
             raise InputError(f"{self.what}: {len(missing)} of {len(refs)} did not start within "

@@ -56,6 +56,16 @@ def _our_handler(logger: logging.Logger) -> logging.Handler | None:
     return next((h for h in logger.handlers if getattr(h, "_lvr1", False)), None)
 
 
+def _point(handler: logging.StreamHandler, stream: TextIO) -> None:
+    """``handler.setStream(stream)`` that also copes with an old stream already closed (setStream
+    flushes it first)."""
+    try:
+        handler.setStream(stream)
+    except (ValueError, OSError):
+        with handler.lock:
+            handler.stream = stream
+
+
 def setup_logging(level: str | int | None = None, stream: TextIO | None = None,
                   export: bool = False) -> logging.Logger:
     """Print the ``longvideo_r1.*`` loggers on ``stream`` (stderr) as ``time room LEVEL message``.
@@ -73,7 +83,7 @@ def setup_logging(level: str | int | None = None, stream: TextIO | None = None,
         handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
         logger.addHandler(handler)
     else:
-        handler.setStream(stream or sys.stderr)
+        _point(handler, stream or sys.stderr)
     logger.setLevel(number)
     if export:
         os.environ[LEVEL_ENV] = logging.getLevelName(number) if logging.getLevelName(number) in LEVELS else str(number)
@@ -125,7 +135,7 @@ def send_library_logs_to_stderr(stdout: TextIO) -> int:
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is stdout:
-                handler.setStream(sys.stderr)
+                _point(handler, sys.stderr)
                 moved += 1
     return moved
 

@@ -13,7 +13,7 @@ import pytest
 
 from longvideo_r1.corpus import tree
 from longvideo_r1.errors import InputError
-from longvideo_r1.eval import runner
+from longvideo_r1.eval import evaluate as runner
 from longvideo_r1.eval.benchmarks import load_benchmark, parse_time_reference, split_inline_options
 from longvideo_r1.eval.metrics import summarize_records
 from longvideo_r1.eval.report import write_report

@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from longvideo_r1.trainer.learner_group import LearnerGroup
 from longvideo_r1.trainer.learner import LearnerConfig
+from longvideo_r1.trainer.learner_group import LearnerGroup
 from tests.test_learner import sft_batch
 
 pytestmark = pytest.mark.slow

@@ -301,6 +301,19 @@ def test_runs_compare_prints_both_runs_side_by_side(tmp_path, no_env_uri, capsys
     assert rows["sft/train/loss (min)"] == ["0.333333", "0.2"] and rows["sft/train/loss (max)"] == ["1", "1"]
     assert rows["grpo/reward/mean"] == ["0.2", "0.4"]
 
+    # --json: the same as one JSON object.
+    assert cli.main(["runs", "compare", "--uri", uri, "--experiment", "compare-test", "run-a", "run-b",
+                     "--metrics", "sft/train/loss,grpo/reward/mean", "--min-max", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["experiment"] == "compare-test" and data["tracking_uri"] == uri
+    assert data["metrics"] == ["sft/train/loss", "grpo/reward/mean"] and "sft.lr" in data["params"]
+    a, b = data["runs"]
+    assert (a["name"], b["name"]) == ("run-a", "run-b") and a["status"] == b["status"] == "FINISHED"
+    assert len(a["run_id"]) == 32 and a["duration_s"] >= 0 and a["start_time"].endswith("+00:00")
+    assert a["params"]["sft.lr"] == "1e-05" and b["params"]["sft.lr"] == "0.0003"
+    assert round(a["metrics"]["sft/train/loss"], 6) == 0.333333 and b["metrics"]["grpo/reward/mean"] == 0.4
+    assert a["min"]["sft/train/loss"] == a["metrics"]["sft/train/loss"] and a["max"]["sft/train/loss"] == 1
+
     # By default: the latest parent runs, newest first, with every metric; also via --output-dir.
     assert cli.main(["runs", "compare", "--output-dir", str(tmp_path / "run-a")]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if "|" in line}

@@ -11,7 +11,13 @@ from __future__ import annotations
 import ray
 
 from longvideo_r1.actors import ActorGroup
-from longvideo_r1.corpus.store import Caption, CaptionStore, VideoRecord, read_manifest, shard_of
+from longvideo_r1.corpus.store import (
+    Caption,
+    CaptionStore,
+    VideoRecord,
+    read_manifest,
+    shard_of,
+)
 from longvideo_r1.errors import InputError
 
 
@@ -66,14 +72,16 @@ class CaptionStoreClient:
         self.num_shards = manifest["num_shards"]
         self.num_actors = max(1, min(num_actors, self.num_shards))
 
-        def shards(a: int) -> list[int]:
-            return [k for k in range(self.num_shards) if k % self.num_actors == a]
-
         def slot_options(a: int) -> dict:
-            return {**(actor_options(a) if actor_options else {}), **({"name": f"{name_prefix}-{a}"} if name_prefix else {})}
+            options = dict(actor_options(a)) if actor_options else {}
+            if name_prefix:
+                options["name"] = f"{name_prefix}-{a}"
+            return options
 
-        # Ray itself restarts a dead server and retries the call (they hold no state but caches).
-        self.group = ActorGroup(CaptionShardServer, self.num_actors, lambda a: (str(root), shards(a), cache_size),
+        # Actor a owns shards a, a + num_actors, …; Ray itself restarts a dead one and retries the
+        # call (they hold nothing but caches).
+        self.group = ActorGroup(CaptionShardServer, self.num_actors,
+                                lambda a: (str(root), list(range(a, self.num_shards, self.num_actors)), cache_size),
                                 options={"num_cpus": num_cpus, "max_restarts": -1, "max_task_retries": 3},
                                 slot_options=slot_options, ready_timeout=start_timeout, what="caption store servers")
         self.group.start()

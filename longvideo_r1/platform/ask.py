@@ -53,7 +53,9 @@ def ensure_captioned(video_path: str | Path, store: str | Path, captioner: str =
     return info.video_id
 
 
-def print_episode(episode, out=sys.stdout, width: int = 160) -> None:
+def print_episode(episode, out=None, width: int = 160) -> None:
+    """Each turn of ``episode`` on ``out`` (default: the current ``sys.stdout``, looked up at call time)."""
+    out = out if out is not None else sys.stdout
     def short(text: str | None) -> str:
         text = " ".join((text or "").split())
         return text if len(text) <= width else text[: width - 1] + "…"

@@ -145,19 +145,12 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    import shutil
-    from pathlib import Path
-
     from longvideo_r1.platform.config import load_config
     from longvideo_r1.platform.pipeline import run_pipeline
 
     config = load_config(args.config, args.set)
-    stage_dir = Path(config.output_dir) / args.stage
-    if not args.resume and stage_dir.exists():
-        shutil.rmtree(stage_dir)      # a fresh start of this stage; earlier stages are kept
-    if args.stage == "rl":
-        config.eval.enabled = False
-    _print_summary(args, run_pipeline(config, until=args.stage))
+    # --no-resume redoes this stage from scratch (and so the stages after it); earlier ones are kept
+    _print_summary(args, run_pipeline(config, until=args.stage, redo=() if args.resume else (args.stage,)))
     return 0
 
 
@@ -173,18 +166,17 @@ def _cmd_ask(args) -> int:
     episode = ask(args.video, args.question, args.options, args.store, args.policy, args.video_qa,
                   video_qa_options, args.captioner, captioner_options, args.max_rounds, args.answer,
                   parse_clues(args.clue), trace_json=args.trace_json, timeline_png=args.timeline_png)
-    with contextlib.redirect_stdout(args.stdout):
-        print_episode(episode)
+    print_episode(episode, out=args.stdout)
     return 0
 
 
 def _cmd_data(args) -> int:
     from longvideo_r1.agent.protocol import load_system_template
-    from longvideo_r1.trainer import data
+    from longvideo_r1.trainer import rl_data, sft_data
 
     template = load_system_template(args.system_template)
     if args.data_command == "rl":
-        print(json.dumps(data.generate_rl(args.corpus, args.store, args.out, args.split, args.data_source,
+        print(json.dumps(rl_data.generate_rl(args.corpus, args.store, args.out, args.split, args.data_source,
                                           args.max_rounds, template)), file=args.stdout)
         return 0
     from longvideo_r1.agent.teacher import HintConfig, make_teacher
@@ -207,7 +199,7 @@ def _cmd_data(args) -> int:
                 raise InputError("--video-qa openai needs --video-qa-endpoint URL and --video-qa-model NAME")
             options = {"endpoint": args.video_qa_endpoint, "model": args.video_qa_model}
         backend = make_video_qa(args.video_qa, **options)
-    summary = data.generate_sft(args.corpus, args.store, teacher, args.out, args.split, args.max_rounds,
+    summary = sft_data.generate_sft(args.corpus, args.store, teacher, args.out, args.split, args.max_rounds,
                                 args.workers, args.keep_wrong, backend, template, args.sharegpt)
     print(json.dumps(summary), file=args.stdout)
     return 1 if summary["failed"] else 0

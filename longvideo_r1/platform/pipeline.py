@@ -204,15 +204,18 @@ def start_ray(config: PipelineConfig) -> None:
 
     import ray
 
+    from longvideo_r1.logs import ray_log_to_driver
+
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = config.ray.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
+    # inside a Ray job the actors' log lines go to the driver, so `ray job logs` shows them
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=ray_log_to_driver())
     else:
         cpus = config.ray.num_cpus or max(4, os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=ray_log_to_driver())
 
 
 # ---------------------------------------------------------------------------------- the driver
@@ -262,8 +265,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
         def finish() -> dict:
             result["stage_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
             (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
-            print(json.dumps(result, indent=1, default=str))
-            return result
+            return result          # the CLI prints it on stdout
 
         # corpus and caption store
         corpus_dir, store = out / "corpus", out / "store"

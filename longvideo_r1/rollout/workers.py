@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from longvideo_r1.actors import ActorGroup
 from longvideo_r1.agent.episode import Question
 from longvideo_r1.errors import InputError
 from longvideo_r1.rollout.episodes import RolloutConfig, RolloutEpisode, RolloutTimings
@@ -94,38 +95,19 @@ class RolloutPool:
         if num_workers < 1:
             raise InputError(f"rollout workers: need at least one, got {num_workers}")
         self.spec = spec
-        self.captions = captions
-        self.start_timeout = start_timeout
-        self._cls = ray.remote(RolloutWorker)
         self._weights = None            # (ObjectRef of the named tensors, version) last pushed
-        self._actor_options = actor_options
-        self._slot: dict = {}
-        self.workers = [self._spawn(i) for i in range(num_workers)]
-        self._wait_ready(self.workers)
+        self.group = ActorGroup(RolloutWorker, num_workers, (spec, captions),
+                                options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+                                slot_options=actor_options, threads=spec.rollout.threads,
+                                ready_timeout=start_timeout, what="rollout workers")
+        self.group.start()              # raises the engine's own error (e.g. a bad model folder)
         self.restarts = 0
         self.timings = RolloutTimings()
 
-    def _spawn(self, slot: int):
-        options = {"num_cpus": self.spec.num_cpus, "num_gpus": self.spec.num_gpus}
-        if self._actor_options is not None:
-            options.update(self._actor_options(slot))
-        if self.spec.rollout.threads:
-            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(self.spec.rollout.threads)}}
-        worker = self._cls.options(**options).remote(self.spec, self.captions)
-        self._slot[worker] = slot
-        return worker
-
-    def _wait_ready(self, workers) -> None:
-        refs = [w.ready.remote() for w in workers]
-        ready, missing = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
-        if missing:
-            raise InputError(f"rollout workers: {len(missing)} of {len(refs)} did not start within "
-                             f"{self.start_timeout:.0f} s; check the cluster has {self.spec.num_cpus} CPUs and "
-                             f"{self.spec.num_gpus} GPUs free per worker")
-        ray.get(ready)   # raises the engine's own error (e.g. a bad model folder)
-        if self._weights is not None:
-            ref, version = self._weights
-            ray.get([w.update_weights.remote(ref, version) for w in workers])
+    @property
+    def workers(self) -> list:
+        """The live workers (a slot whose replacement could not start has none)."""
+        return [w for w in self.group if w is not None]
 
     def rollout(self, questions: list[Question], config: RolloutConfig,
                 chunks_per_worker: int = 2) -> list[RolloutEpisode]:
@@ -162,18 +144,20 @@ class RolloutPool:
         return [e for g in range(len(questions)) for e in sorted(results[g], key=lambda e: e.sample)]
 
     def _replace(self, dead, idle: list) -> None:
-        self.workers = [w for w in self.workers if w is not dead]
+        """A new worker in the dead one's slot (same options), with the latest weights, joins ``idle``."""
         self.restarts += 1
+        slot = self.group.slot_of(dead)
         try:
-            replacement = self._spawn(self._slot.get(dead, 0))
-            self._wait_ready([replacement])
+            self.group.restart(slot)
+            if self._weights is not None:
+                ray.get(self.group[slot].update_weights.remote(*self._weights))
         except Exception as exc:  # the batch goes on with the workers that are left
+            self.group.kill(slot)
             log.error("could not start a replacement rollout worker: %s", exc)
             if not self.workers:
                 raise InputError("rollout workers: every worker died and none could be restarted") from None
             return
-        self.workers.append(replacement)
-        idle.append(replacement)
+        idle.append(self.group[slot])
 
     def update_weights(self, named_tensors, version: int) -> None:
         """Push new weights to every worker (one copy in the object store); returns when all have them.
@@ -191,6 +175,4 @@ class RolloutPool:
         return ray.get([w.stats.remote() for w in self.workers])
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []
+        self.group.shutdown()

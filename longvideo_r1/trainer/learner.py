@@ -380,8 +380,6 @@ class Learner:
 
         ``total_tokens``: trained tokens of the whole global step over every rank (the normaliser).
         """
-        import torch
-
         t0 = time.perf_counter()
         self._prepare_step(len(micro_batches))
         self.engine.train()

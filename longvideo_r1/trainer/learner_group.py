@@ -15,6 +15,13 @@ import logging
 from dataclasses import asdict
 
 from longvideo_r1.actors import ActorGroup
+from longvideo_r1.cluster.resources import (
+    ROLES,
+    PlacementConfig,
+    RoleResources,
+    create,
+    plan,
+)
 from longvideo_r1.errors import InputError
 from longvideo_r1.trainer.learner import LearnerConfig, LearnerRank, StepStats
 
@@ -114,9 +121,10 @@ class LearnerGroup:
             return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=placement_group, placement_group_bundle_index=bundle_offset + rank)}
 
+        threads = config.threads or (max(1, int(num_cpus)) if not num_gpus else 0)
         self.ranks = ActorGroup(LearnerRank, num_workers, options={"num_cpus": num_cpus, "num_gpus": num_gpus},
-                                slot_options=bundle, threads=config.threads or (max(1, int(num_cpus)) if not num_gpus else 0),
-                                env=env, ready_timeout=start_timeout, what="learner ranks")
+                                slot_options=bundle, threads=threads, env=env, ready_timeout=start_timeout,
+                                what="learner ranks")
         self.ranks.start()
         try:
             addr, port = ray.get(self.ranks[0].rendezvous.remote(), timeout=start_timeout)
@@ -127,12 +135,10 @@ class LearnerGroup:
             raise
 
     @classmethod
-    def placed(cls, config: LearnerConfig, placement, start_timeout: float = 600.0) -> LearnerGroup:
-        """Ranks placed by the planner as in an RL run (``placement``: a ``PlacementConfig``), with a
-        placement group reserved for the learner role alone; :meth:`shutdown` removes it."""
+    def placed(cls, config: LearnerConfig, placement: PlacementConfig, start_timeout: float = 600.0) -> LearnerGroup:
+        """Ranks placed by the same planner as in an RL run, in a placement group reserved for the
+        learner role alone (SFT); :meth:`shutdown` removes it."""
         import ray
-
-        from longvideo_r1.cluster.resources import ROLES, RoleResources, create, plan
 
         alone = dataclasses.replace(placement, colocate=[],
                                     **{role: RoleResources(0, 0.0) for role in ROLES if role != "learner"})
