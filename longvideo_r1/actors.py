@@ -23,6 +23,22 @@ from longvideo_r1.errors import InputError
 log = logging.getLogger("longvideo_r1.actors")
 
 
+def _with_worker_logging(cls):
+    """``cls`` whose actors first give their ``longvideo_r1`` loggers a handler on stderr (Ray leaves
+    them without one), which Ray forwards to the driver when it asked for it: so actor logs reach
+    ``ray job logs``. (Ray's ``worker_process_setup_hook`` is not run for an actor's own runtime env.)"""
+
+    class Logged(cls):
+        def __init__(self, *args, **kwargs):
+            from longvideo_r1.logs import setup_worker_logging
+
+            setup_worker_logging()
+            super().__init__(*args, **kwargs)
+
+    Logged.__name__, Logged.__qualname__, Logged.__doc__ = cls.__name__, cls.__qualname__, cls.__doc__
+    return Logged
+
+
 class ActorGroup:
     """``count`` actors of class ``cls``, each started as ``cls(*args(slot))`` with its slot's Ray options.
 
@@ -44,17 +60,18 @@ class ActorGroup:
             raise InputError(f"{what} need Ray: call ray.init() (or run inside a Ray job)")
         if not isinstance(count, int) or count < 1:
             raise InputError(f"{what}: need at least one, got {count!r}")
-        self.remote_cls = ray.remote(cls)   # .options() of this, once per actor (see DEVELOPERS.md)
+        self.remote_cls = ray.remote(_with_worker_logging(cls))   # .options() of this, once per actor (DEVELOPERS.md)
         self.args = args if callable(args) else (lambda slot: args)
         self.options = dict(options or {})
         self.slot_options = slot_options or (lambda slot: {})
-        env = dict(env or {})
+        from longvideo_r1.logs import worker_env
+
+        env = {**worker_env(), **(env or {})}      # the driver's log level
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        if env:
-            runtime_env = dict(self.options.get("runtime_env") or {})
-            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
-            self.options["runtime_env"] = runtime_env
+        runtime_env = dict(self.options.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+        self.options["runtime_env"] = runtime_env
         self.ready_timeout = ready_timeout
         self.what = what
         self.actors: list = [None] * count

@@ -211,14 +211,15 @@ def test_ray_log_to_driver_inside_a_job_or_at_debug(monkeypatch):
 ACTOR_SCRIPT = """
 import logging, time
 import ray
-from longvideo_r1.logs import ray_log_to_driver, setup_logging, setup_worker_logging, worker_env
+from longvideo_r1.actors import ActorGroup
+from longvideo_r1.logs import ray_log_to_driver, setup_logging
 
 setup_logging()
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=ray_log_to_driver())
 
-class Echo:
-    def __init__(self):
-        setup_worker_logging()
+class Echo:                     # an actor of a platform pool: it sets up no logging of its own
+    def ready(self):
+        return True
 
     def say(self, text):
         log = logging.getLogger("longvideo_r1.echo")
@@ -226,8 +227,9 @@ class Echo:
         log.debug("debug %s", text)
         return logging.getLogger("longvideo_r1").level
 
-echo = ray.remote(Echo).options(runtime_env={"env_vars": worker_env()}).remote()
-print("level in the actor:", ray.get(echo.say.remote("from the actor")))
+group = ActorGroup(Echo, 1, options={"num_cpus": 0.5}, what="echo actors")
+group.start()
+print("level in the actor:", ray.get(group[0].say.remote("from the actor")))
 time.sleep(3)            # Ray forwards worker output to the driver once a second
 ray.shutdown()
 """

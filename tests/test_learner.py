@@ -198,7 +198,7 @@ def test_placed_ranks_reserve_the_learner_role_alone_and_give_it_back(ray_local,
                 if g["state"] == "CREATED"]
 
     # the other roles keep their defaults (a rollout engine, reward and caption-store actors): none is reserved
-    group = LearnerGroup.placed(config(tiny_qwen3_dir), PlacementConfig(learner=RoleResources(2, 0.5)))
+    group = LearnerGroup.placed(config(tiny_qwen3_dir), PlacementConfig(learner=RoleResources(2, 0.5, 0.0)))
     try:
         assert reserved() == [("learner", {0: {"CPU": 0.5}, 1: {"CPU": 0.5}})]
         assert group.sft_eval(sft_batch(0)) > 0 and group.step == 0

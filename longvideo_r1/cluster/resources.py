@@ -18,7 +18,7 @@ Placement groups
 ----------------
 - Roles (or colocate groups) whose replicas are single bundles get one placement group with the
   configured ``strategy`` (PACK by default); rank ``i`` of a role is bundle ``i``. This is the form
-  :class:`~longvideo_r1.trainer.group.LearnerGroup` takes (``placement_group``, ``bundle_offset``).
+  :class:`~longvideo_r1.trainer.learner_group.LearnerGroup` takes (``placement_group``, ``bundle_offset``).
 - Replicas with ``tensor_parallel_size > 1`` each get their own STRICT_PACK placement group of
   ``tensor_parallel_size`` bundles: Ray then guarantees one node per tensor-parallel group. The
   replica's actor is scheduled into bundle 0 with ``placement_group_capture_child_tasks=True`` and

@@ -141,7 +141,7 @@ class LearnerGroup:
         import ray
 
         alone = dataclasses.replace(placement, colocate=[],
-                                    **{role: RoleResources(0, 0.0) for role in ROLES if role != "learner"})
+                                    **{role: RoleResources(0, 0.0, 0.0) for role in ROLES if role != "learner"})
         reserved = create(plan(alone, ray.cluster_resources()), placement.timeout_s)
         try:
             group = cls(config, **reserved.learner_kwargs(), start_timeout=start_timeout)
