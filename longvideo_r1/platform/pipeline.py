@@ -313,7 +313,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
             if ran:
                 book.finish("sft")
             summary = summary or json.loads((sft_dir / "summary.json").read_text())
-            policy, policy_fp = models["sft"] = Path(summary["model"]), sft_fp
+            policy = models["sft"] = Path(summary["model"])
+            policy_fp = sft_fp
             result["sft"] = {k: v for k, v in summary.items() if k != "history"}
         if last <= STAGES.index("sft"):
             return finish()
