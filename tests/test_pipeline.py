@@ -79,7 +79,7 @@ def test_the_demo_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path):
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert "rl: continuing from step 2 to 3" in fourth.stderr
     steps = [json.loads(line)["step"] for line in (out / "rl" / "history.jsonl").read_text().splitlines()]
-    assert steps == [-1, 0, 1, 2]
+    assert [s for s in steps if s >= 0] == [0, 1, 2]       # (-1: validation before training, if any)
     runs = client.search_runs([client.get_experiment_by_name("longvideo-r1").experiment_id])
     rl_runs = [r for r in runs if r.info.run_name == "rl"]
     assert len(rl_runs) == 3 and all(client.get_metric_history(r.info.run_id, "rollout/reward_mean")
