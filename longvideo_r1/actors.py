@@ -66,12 +66,17 @@ class ActorGroup:
         self.slot_options = slot_options or (lambda slot: {})
         from longvideo_r1.logs import worker_env
 
-        env = {**worker_env(), **(env or {})}      # the driver's log level
+        # the driver's log level, when it is not the actors' default (an actor with no runtime env of its
+        # own can reuse one of Ray's idle worker processes instead of starting a new one)
+        configured = logging.getLogger("longvideo_r1").level not in (logging.NOTSET, logging.INFO)
+        level = worker_env() if configured else {}
+        env = {**level, **(env or {})}
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        runtime_env = dict(self.options.get("runtime_env") or {})
-        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
-        self.options["runtime_env"] = runtime_env
+        if env:
+            runtime_env = dict(self.options.get("runtime_env") or {})
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+            self.options["runtime_env"] = runtime_env
         self.ready_timeout = ready_timeout
         self.what = what
         self.actors: list = [None] * count

@@ -487,20 +487,22 @@ def value_loss(
 
 # ---------------------------------------------------------------------------------------- logits
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+def entropy_from_logits(logits: torch.Tensor, logz: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy of ``softmax(logits)`` over the last dim: ``[B, T, V]`` → ``[B, T]``.
 
-    Stable form ``logsumexp(l) − Σ softmax(l)·l`` (no log of a probability).
+    Stable form ``logsumexp(l) − Σ softmax(l)·l`` (no log of a probability). ``logz``: the
+    ``logsumexp(logits, -1)`` already computed for the log-probs (one pass over the vocabulary saved).
     """
     probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+    return (torch.logsumexp(logits, dim=-1) if logz is None else logz) - (probs * logits).sum(dim=-1)
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, logz: torch.Tensor | None = None) -> torch.Tensor:
     """``log softmax(logits)[label]`` per position: logits ``[B, T, V]``, labels ``[B, T]`` → ``[B, T]``.
 
     Memory-friendly: never materialises a ``[B, T, V]`` log-softmax. float32/float64 logits use
-    ``logit[label] − logsumexp(logits)`` one sequence at a time; half/bfloat16 logits (where that
+    ``logit[label] − logsumexp(logits)`` one sequence at a time (``logz``: that logsumexp, ``[B, T]``,
+    when the caller has it already, e.g. for the entropy); half/bfloat16 logits (where that
     difference loses precision) use a log-softmax one sequence at a time.
     """
     if tuple(logits.shape[:-1]) != tuple(labels.shape):
@@ -511,7 +513,7 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
         return logits[labels] - torch.logsumexp(logits, dim=-1)
     if logits.dtype in (torch.float32, torch.float64):
         picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
-        norm = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        norm = torch.stack([torch.logsumexp(row, dim=-1) for row in logits]) if logz is None else logz
         return picked - norm
     rows = [torch.log_softmax(row, dim=-1).gather(-1, lab.unsqueeze(-1)).squeeze(-1)
             for row, lab in zip(logits, labels)]

@@ -150,13 +150,15 @@ def token_outputs(lm, value_head, batch: dict, entropy: bool = False, values: bo
         # The chunk's positions go to algos' [B, T, V] functions as one sequence (B = 1), so each
         # takes a single vectorised logsumexp over the chunk.
         logits = head(h_chunk).float()[None]
-        lp = algos.logprobs_from_logits(logits, y_chunk[None])[0]
         if not entropy:
+            lp = algos.logprobs_from_logits(logits, y_chunk[None])[0]
             return lp, torch.zeros_like(lp)
+        logz = torch.logsumexp(logits, dim=-1)       # one pass over the vocabulary serves both
+        lp = algos.logprobs_from_logits(logits, y_chunk[None], logz=logz)[0]
         if entropy == "metric":          # reported, not trained: no graph through the softmax
             with torch.no_grad():
-                return lp, algos.entropy_from_logits(logits.detach())[0]
-        return lp, algos.entropy_from_logits(logits)[0]
+                return lp, algos.entropy_from_logits(logits.detach(), logz=logz.detach())[0]
+        return lp, algos.entropy_from_logits(logits, logz=logz)[0]
 
     lps, ents = [], []
     if one_call:
