@@ -8,7 +8,6 @@ covers all of them. A label whose result file already covers every question is n
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,8 +31,7 @@ def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Pa
     if _done(path, {q.qid for q in questions}):
         return path
     # rl.rollout's engine and token limits, played greedily, one episode per question, to eval.max_rounds
-    rollout = dataclasses.replace(config.rl.rollout, n=1, max_rounds=config.eval.max_rounds, temperature=0.0,
-                                  top_p=1.0, seed=0)
+    rollout = config.rl.rollout.greedy(max_rounds=config.eval.max_rounds, seed=0)
     pool = RolloutPool(WorkerSpec(model=str(model), store=str(store), rollout=rollout, num_cpus=1.0), num_workers=1)
     try:
         t0 = time.perf_counter()

@@ -242,9 +242,11 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
 
     with tracker.pipeline(params=to_dict(config), tags={"lvr1.output_dir": str(out)}) as parent:
 
-        def stage(name: str, fp: str, done_when: Path, clear: list[Path], fn, continues: bool = True):
+        def stage(name: str, fp: str, done_when: Path, clear: list[Path], fn, continues: bool = True,
+                  record=lambda value: {}):
             """Run ``fn(run)`` unless the stage is done (``done_when`` is its last output); a stage redone
-            from scratch first removes ``clear``. Returns (ran, value)."""
+            from scratch first removes ``clear``; a stage that ran is recorded finished, with
+            ``record(value)`` kept beside its fingerprint. Returns (ran, value)."""
             state = book.state(name, fp, done_when.exists())
             if name in redo:
                 state = "new"
@@ -260,6 +262,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
                 value = fn(run)
             seconds[name] = time.perf_counter() - t
             parent.log_metrics({f"time/{name}_s": seconds[name]})
+            book.finish(name, **record(value))
             return True, value
 
         def finish() -> dict:
@@ -270,16 +273,11 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
         # corpus and caption store
         corpus_dir, store = out / "corpus", out / "store"
         corpus_fp = fingerprint("corpus", _section(config.corpus))
-        if stage("corpus", corpus_fp, corpus_dir / "questions.jsonl", [corpus_dir],
-                 lambda run: corpus_stage(config, corpus_dir), continues=False)[0]:
-            book.finish("corpus")
-        else:
-            _log("corpus", f"already generated in {corpus_dir}")
+        stage("corpus", corpus_fp, corpus_dir / "questions.jsonl", [corpus_dir],
+              lambda run: corpus_stage(config, corpus_dir), continues=False)
         c = config.captions
         captions_fp = fingerprint("captions", corpus_fp, c.captioner, c.endpoint, c.model, c.shards)
-        if stage("captions", captions_fp, store / "manifest.json", [store],
-                 lambda run: captions_stage(config, corpus_dir, store))[0]:
-            book.finish("captions")
+        stage("captions", captions_fp, store / "manifest.json", [store], lambda run: captions_stage(config, corpus_dir, store))
         result.update(summarize(corpus_dir, store))
         if last <= STAGES.index("captions") or not (config.sft.enabled or config.rl.enabled or config.eval.enabled):
             return finish()
@@ -289,9 +287,6 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
         base = resolve_model(config)
         seconds["model"] = time.perf_counter() - t
         model_fp = fingerprint("model", model_fingerprint(base))
-        if book.get("model", "fingerprint") != model_fp:
-            book.start("model", model_fp, path=str(base))
-            book.finish("model")
         start_ray(config)
         models = {"base": base}
         policy, policy_fp = base, model_fp
@@ -299,19 +294,16 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
         if config.sft.enabled:
             data_path = out / "data" / "sft.jsonl"
             sft_data_fp = fingerprint("sft_data", corpus_fp, captions_fp, _section(config.data))
-            if stage("sft_data", sft_data_fp, data_path, [data_path],
-                     lambda run: sft_data_stage(config, corpus_dir, store, data_path))[0]:
-                book.finish("sft_data")
+            stage("sft_data", sft_data_fp, data_path, [data_path],
+                  lambda run: sft_data_stage(config, corpus_dir, store, data_path))
             if last <= STAGES.index("sft_data"):
                 return finish()
             from longvideo_r1.trainer.sft import train_sft
 
             sft_fp = fingerprint("sft", sft_data_fp, model_fp, _section(config.sft))
             sft_dir = out / "sft"
-            ran, summary = stage("sft", sft_fp, sft_dir / "model" / "config.json", [sft_dir], lambda run: train_sft(
+            _, summary = stage("sft", sft_fp, sft_dir / "model" / "config.json", [sft_dir], lambda run: train_sft(
                 config.sft, data_path, base, sft_dir, log_metrics=run.log_metrics, placement=config.placement))
-            if ran:
-                book.finish("sft")
             summary = summary or json.loads((sft_dir / "summary.json").read_text())
             policy = models["sft"] = Path(summary["model"])
             policy_fp = sft_fp
@@ -324,10 +316,9 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
             rl_data_fp = fingerprint("rl_data", corpus_fp, captions_fp, config.rl.rollout.max_rounds)
             train_rows = data_dir / "rl_train.parquet"
 
-            ran, paths = stage("rl_data", rl_data_fp, train_rows, [data_dir / f"rl_{s}.parquet" for s in ("train", "val")],
-                               lambda run: rl_data_stage(config, corpus_dir, store, data_dir), continues=False)
-            if ran:
-                book.finish("rl_data", paths=paths)
+            stage("rl_data", rl_data_fp, train_rows, [data_dir / f"rl_{s}.parquet" for s in ("train", "val")],
+                  lambda run: rl_data_stage(config, corpus_dir, store, data_dir), continues=False,
+                  record=lambda paths: {"paths": paths})
             paths = book.get("rl_data", "paths")
             if last <= STAGES.index("rl_data"):
                 return finish()
@@ -341,10 +332,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
                 if book.get("rl", "finished"):
                     _log("rl", f"continuing from step {book.get('rl', 'steps_done')} to {config.rl.steps}")
                 book.records["rl"]["finished"] = False
-            ran, summary = stage("rl", rl_fp, rl_dir / "model" / "config.json", [rl_dir], lambda run: _train_rl(
-                train_rl, config, paths, store, policy, rl_dir, run))
-            if ran:
-                book.finish("rl", steps_done=config.rl.steps)
+            _, summary = stage("rl", rl_fp, rl_dir / "model" / "config.json", [rl_dir], lambda run: _train_rl(
+                train_rl, config, paths, store, policy, rl_dir, run), record=lambda _: {"steps_done": config.rl.steps})
             summary = summary or json.loads((rl_dir / "summary.json").read_text())
             label = "sft+" + config.rl.algorithm if config.sft.enabled else config.rl.algorithm
             models[label] = Path(summary["model"])
@@ -358,10 +347,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
 
             eval_fp = fingerprint("eval", corpus_fp, captions_fp, model_fp, policy_fp, sorted(models),
                                   _section(config.eval), _section(config.rl.rollout))
-            ran, report = stage("eval", eval_fp, out / "eval" / "report.md", [out / "eval"], lambda run: evaluate_stage(
-                config, corpus_dir, store, models, out / "eval", run))
-            if ran:
-                book.finish("eval", report=report)
+            stage("eval", eval_fp, out / "eval" / "report.md", [out / "eval"], lambda run: evaluate_stage(
+                config, corpus_dir, store, models, out / "eval", run), record=lambda report: {"report": report})
             result["eval"] = book.get("eval", "report")
         return finish()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from longvideo_r1.agent.episode import Episode, EpisodeConfig, Question
 from longvideo_r1.agent.tools import Tools
@@ -55,6 +55,10 @@ class RolloutConfig:
     """tool calls of one generation step run on this many threads"""
     system_template: str | None = None
     """a system prompt template replacing the protocol's (None: PROTOCOL §3's)"""
+
+    def greedy(self, **changes) -> "RolloutConfig":
+        """These settings played greedily, one episode per question (validation and evaluation)."""
+        return replace(self, n=1, temperature=0.0, top_p=1.0, **changes)
 
 
 @dataclass

@@ -93,10 +93,10 @@ def run_training(job: TrainingJob, out: Path, log_metrics=None, stop_after: int 
             bar.update(1)
             if postfix and postfix in metrics:
                 bar.set_postfix({postfix.rsplit("/", 1)[-1]: f"{metrics[postfix]:.3f}"}, refresh=False)
-            if job.checkpoint_due() or job.done == job.total_steps:
-                job.save()
-            if stop_after is not None and job.done >= stop_after:
-                job.save()
+            stopping = stop_after is not None and job.done >= stop_after
+            if job.checkpoint_due() or job.done == job.total_steps or stopping:
+                job.save()           # once, even when a cadence, the last step and a stop coincide
+            if stopping:
                 return {"stopped_at": job.done, "history": history}
         job.export(out / "model")
     except KeyboardInterrupt:

@@ -159,7 +159,7 @@ class RLJob:
         """The configured rollout, sampled anew each step; validation is one greedy episode per question."""
         r = self.config.rollout
         if validation:
-            return dataclasses.replace(r, n=1, temperature=0.0, top_p=1.0, seed=r.seed + self.done)
+            return r.greedy(seed=r.seed + self.done)
         return dataclasses.replace(r, seed=r.seed + self.done)
 
     def before_first_step(self) -> dict:
