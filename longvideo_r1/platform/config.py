@@ -33,23 +33,55 @@ from longvideo_r1.trainer.sft import SFTConfig
 
 
 @dataclass
-class CorpusConfig:
-    """The embedded demo corpus (`lvr1 corpus demo`)."""
+class SplitsConfig:
+    """How a folder corpus is split, by video (a video's questions stay together). Used only when
+    neither the annotations (a ``split`` field per row) nor a ``splits.json`` beside them name the
+    split of each video."""
 
-    videos: int = 8
-    """number of videos"""
-    minutes: float | None = None
-    """length of each video in minutes (±20%); None draws 20–60 minutes per video"""
+    val: float = 0.1
+    """share of the videos held out for validation during RL"""
+    test: float = 0.1
+    """share of the videos held out for the evaluation report"""
     seed: int = 0
-    """generator seed: the same seed gives the same corpus"""
+    """shuffle seed: the same seed gives the same split"""
+
+
+@dataclass
+class CorpusConfig:
+    """The videos and questions everything is trained and evaluated on.
+
+    ``source: demo`` generates the embedded demo corpus (``videos``, ``minutes``, ``seed``);
+    ``source: folder`` reads your videos from ``path`` and your questions from ``annotations`` in
+    ``format`` (checked first: `lvr1 corpus check`)."""
+
+    source: str = "demo"
+    """demo (generated, CPU-sized) or folder (your videos and annotation file)"""
+    path: str | None = None
+    """source folder: the folder of video files (anything decord reads; NAME.srt beside a video is
+    its subtitles); the video id is the file name without extension"""
+    annotations: str | None = None
+    """source folder: the annotation file (.json, .jsonl or .parquet) or a folder of them"""
+    format: str = "auto"
+    """source folder: lvr1, cgbench, lvbench, videomme, mlvu or auto (told from the first row's fields)"""
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+    """source folder: held-out shares of the videos"""
+    videos: int = 8
+    """source demo: number of videos"""
+    minutes: float | None = None
+    """source demo: length of each video in minutes (±20%); None draws 20–60 minutes per video"""
+    seed: int = 0
+    """source demo: generator seed (the same seed gives the same corpus)"""
 
 
 @dataclass
 class CaptionsConfig:
     """Building the caption store (`lvr1 captions build`)."""
 
-    captioner: str = "offline"
-    """offline (CPU: OCR, colour and shape statistics, subtitles) or openai (a VLM endpoint)"""
+    captioner: str = "demo"
+    """openai: a vision-language model behind an OpenAI-compatible endpoint, the only captioner that
+    says what happens, who and what is seen (what real footage needs); offline: CPU signals only
+    (on-screen text, speech, subtitles, cuts, brightness, motion); demo: knows only the generated
+    demo world (its palette, shapes and signs)"""
     endpoint: str | None = None
     """base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (captioner=openai)"""
     model: str | None = None
@@ -75,8 +107,16 @@ class DataConfig:
     max_rounds: int = 15
     """round limit of the teacher's episodes (and of their system prompt); the RL rows and episodes use
     rl.rollout.max_rounds"""
-    video_qa: str = "offline"
-    """video_qa backend while the teacher plays: offline or none"""
+    video_qa: str = "demo"
+    """video_qa backend while the teacher plays: demo, offline, openai (data.video_qa_options) or none"""
+    video_qa_options: dict = field(default_factory=dict)
+    """options of an openai video_qa backend: endpoint, model (as rl.rollout.video_qa_options)"""
+    concurrency: int = 1
+    """questions the teacher plays at once (above 1: Ray actors; an openai teacher serves many)"""
+    price_per_input_token: float | None = None
+    """USD per prompt token of the teacher endpoint, to report the data's cost (None: not reported)"""
+    price_per_output_token: float | None = None
+    """USD per completion token of the teacher endpoint"""
 
 
 @dataclass
@@ -182,18 +222,55 @@ def _check_endpoint(prefix: str, kind: str, endpoint, model) -> None:
                          f"{prefix}.endpoint (e.g. http://127.0.0.1:8000/v1) and {prefix}.model")
 
 
+FORMATS = ("auto", "lvr1", "cgbench", "lvbench", "videomme", "mlvu")
+
+
+def _check_corpus(config: PipelineConfig) -> None:
+    c = config.corpus
+    _choice("corpus.source", c.source, ("demo", "folder"))
+    _choice("corpus.format", c.format, FORMATS)
+    for key in ("val", "test"):
+        share = getattr(c.splits, key)
+        if not 0 <= share < 1:
+            raise InputError(f"config key corpus.splits.{key}: {share!r} must be a share of the videos, 0 <= share < 1")
+    if c.splits.val + c.splits.test >= 1:
+        raise InputError(f"config key corpus.splits: val {c.splits.val} + test {c.splits.test} leave no video to "
+                         "train on; lower them")
+    if c.source == "demo":
+        _at_least("corpus.videos", c.videos, 1)
+        return
+    for key in ("path", "annotations"):
+        if not getattr(c, key):
+            raise InputError(f"config key corpus.{key}: corpus.source folder needs corpus.path (the folder of "
+                             "videos) and corpus.annotations (the annotation file)")
+    demo_only = [(key, value) for key, value in (("captions.captioner", config.captions.captioner),
+                                                 ("data.video_qa", config.data.video_qa),
+                                                 ("rl.rollout.video_qa", config.rl.rollout.video_qa))
+                 if value == "demo"]
+    if demo_only:
+        key = demo_only[0][0]
+        raise InputError(f"config key {key}: demo knows only the generated demo world, and corpus.source is folder; "
+                         f"set {key}: openai (a vision-language model endpoint, for real captions and answers) or "
+                         "offline (CPU: on-screen text, speech, subtitles, cuts, brightness, motion only)")
+
+
 def validate(config: PipelineConfig) -> None:
     """Refuse contradictory or impossible settings, naming the key, before any actor starts."""
     from longvideo_r1.cluster.resources import validate as validate_placement
     from longvideo_r1.trainer.algos import ADVANTAGE_ESTIMATORS, KL_KINDS
 
-    _choice("captions.captioner", config.captions.captioner, ("offline", "openai"))
+    _check_corpus(config)
+    _choice("captions.captioner", config.captions.captioner, ("demo", "offline", "openai"))
     _check_endpoint("captions", config.captions.captioner, config.captions.endpoint, config.captions.model)
     _at_least("captions.shards", config.captions.shards, 1)
     _at_least("captions.workers", config.captions.workers, 1)
     _choice("data.teacher", config.data.teacher, ("oracle", "openai"))
     _check_endpoint("data", config.data.teacher, config.data.endpoint, config.data.model)
-    _choice("data.video_qa", config.data.video_qa, ("offline", "none"))
+    _choice("data.video_qa", config.data.video_qa, ("demo", "offline", "openai", "none"))
+    if config.data.video_qa == "openai":
+        _check_endpoint("data.video_qa_options", "openai", config.data.video_qa_options.get("endpoint"),
+                        config.data.video_qa_options.get("model"))
+    _at_least("data.concurrency", config.data.concurrency, 1)
     _at_least("data.max_rounds", config.data.max_rounds, 1)
     _at_least("sft.epochs", config.sft.epochs, 1)
     _check_learner("sft.learner", config.sft.learner)
@@ -209,7 +286,7 @@ def validate(config: PipelineConfig) -> None:
     _check_learner("rl.learner", rl.learner)
     r = rl.rollout
     _choice("rl.rollout.engine", r.engine, ("vllm", "transformers"))
-    _choice("rl.rollout.video_qa", r.video_qa, ("offline", "openai", "none"))
+    _choice("rl.rollout.video_qa", r.video_qa, ("demo", "offline", "openai", "none"))
     if r.video_qa == "openai":
         _check_endpoint("rl.rollout.video_qa_options", "openai", r.video_qa_options.get("endpoint"),
                         r.video_qa_options.get("model"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -102,12 +103,63 @@ def _clear(path: Path) -> None:
 # ------------------------------------------------------------------------------------- the stages
 
 
-def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> None:
-    from longvideo_r1.corpus.demo import generate_demo_corpus
+def corpus_fingerprint(config: PipelineConfig) -> str:
+    """What the corpus stage is built from: the corpus keys, and for a folder corpus the annotation
+    files' and the video folder's names, sizes and modification times (an edited annotation file or
+    an added video redoes the corpus and everything after it)."""
+    c = config.corpus
+    if c.source == "demo":
+        return fingerprint("corpus", _section(c, drop=("path", "annotations", "format", "splits")))
+    return fingerprint("corpus", _section(c, drop=("videos", "minutes", "seed")),
+                       _listing(Path(c.annotations)), _listing(Path(c.path)))
 
-    _log("corpus", f"generating {config.corpus.videos} demo videos into {corpus_dir}")
-    generate_demo_corpus(corpus_dir, videos=config.corpus.videos, minutes=config.corpus.minutes,
-                         seed=config.corpus.seed)
+
+def _listing(path: Path) -> list:
+    if path.is_file():
+        return [(path.name, path.stat().st_size, int(path.stat().st_mtime))]
+    if not path.is_dir():
+        return [str(path)]
+    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file())
+
+
+def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> dict:
+    """The demo corpus is generated; a folder corpus is checked (every annotation, every video) and,
+    when the check finds no problem, written as the corpus folder the later stages read."""
+    c = config.corpus
+    if c.source == "demo":
+        from longvideo_r1.corpus.demo import generate_demo_corpus
+
+        _log("corpus", f"generating {c.videos} demo videos into {corpus_dir}")
+        generate_demo_corpus(corpus_dir, videos=c.videos, minutes=c.minutes, seed=c.seed)
+        return {}
+    from longvideo_r1.corpus.check import check_corpus, write_corpus
+
+    _log("corpus", f"checking {c.annotations} ({c.format}) against the videos in {c.path}")
+    report = check_corpus(c.path, c.annotations, c.format, dataclasses.asdict(c.splits))
+    if report.problems:
+        shown = "\n".join(f"  {p.where}: qid {p.qid}: {p.field}: {p.message}" for p in report.problems[:20])
+        more = f"\n  … and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
+        raise InputError(f"corpus {c.annotations}: {len(report.problems)} problem(s), nothing trained:\n{shown}{more}\n"
+                         f"See them all with `lvr1 corpus check --config FILE`; fix them, or write a cleaned "
+                         "annotation file with `lvr1 corpus check --config FILE --drop-invalid OUT` and point "
+                         "corpus.annotations at it")
+    if config.data.teacher == "oracle":
+        _log("corpus", "warning: data.teacher is oracle on your own corpus: its thinking text is templated and "
+                       "its answers are the truth; for real trajectories use data.teacher: openai")
+    write_corpus(report, corpus_dir)
+    summary = report.summary()
+    _log("corpus", f"{summary.get('videos')} videos, {summary.get('questions')} questions, checked in "
+                   f"{report.seconds:.1f} s")
+    return summary
+
+
+def corpus_videos(corpus_dir: Path) -> list[tuple[str, Path]] | None:
+    """``(video_id, path)`` of a folder corpus (its videos stay where they are); None for the demo,
+    whose videos are in ``corpus_dir/videos``."""
+    manifest = json.loads((corpus_dir / "corpus.json").read_text())
+    if manifest.get("source") != "folder":
+        return None
+    return [(v["video_id"], Path(v["path"])) for v in manifest["videos"]]
 
 
 def captions_stage(config: PipelineConfig, corpus_dir: Path, store: Path) -> None:
@@ -117,11 +169,14 @@ def captions_stage(config: PipelineConfig, corpus_dir: Path, store: Path) -> Non
     options = ({"endpoint": c.endpoint, "model": c.model, "concurrency": c.concurrency}
                if c.captioner == "openai" else {})
     _log("captions", f"building caption store {store} with the {c.captioner} captioner")
-    report = build_store(corpus_dir / "videos", store, c.captioner, options, c.shards, c.workers)
+    report = build_store(corpus_dir / "videos", store, c.captioner, options, c.shards, c.workers,
+                         progress=False, videos=corpus_videos(corpus_dir))
     _log("captions", f"built {len(report.built)}, skipped {len(report.skipped)} already done, "
                      f"in {report.seconds:.1f} s")
     if report.failed:
         raise InputError("caption store: " + "; ".join(report.failed.values()))
+    return {"captioned": len(report.built), "seconds": round(report.seconds, 2),
+            "caption_seconds": {k: round(v, 2) for k, v in report.caption_seconds.items()}}
 
 
 def summarize(corpus_dir: Path, store: Path) -> dict:
@@ -145,15 +200,51 @@ def summarize(corpus_dir: Path, store: Path) -> dict:
 
 
 def resolve_model(config: PipelineConfig) -> Path:
+    """The policy's checkpoint folder: a prepared model name, a local transformers folder, or a model
+    hub id (``Qwen/Qwen3-8B``) resolved by ``huggingface_hub.snapshot_download``, which honours
+    ``HF_HUB_OFFLINE=1`` (the local cache only) and ``HF_HOME`` / ``HF_HUB_CACHE``."""
     from longvideo_r1.models import MODEL_NAMES, prepare_models
 
     if config.model in MODEL_NAMES:
         return prepare_models(config.models_dir, [config.model])[config.model]
     path = Path(config.model)
-    if not (path / "config.json").is_file():
-        raise InputError(f"model {config.model}: neither a prepared model name ({', '.join(MODEL_NAMES)}) "
-                         "nor a transformers checkpoint folder with config.json")
-    return path
+    if (path / "config.json").is_file():
+        return path
+    if path.exists() or not _HUB_ID.fullmatch(config.model):
+        raise InputError(f"model {config.model}: neither a prepared model name ({', '.join(MODEL_NAMES)}), a "
+                         "transformers checkpoint folder with config.json, nor a model hub id like Qwen/Qwen3-8B")
+    return hub_snapshot(config.model)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of hub model ``repo_id`` (downloaded unless ``HF_HUB_OFFLINE`` is set)."""
+    import os
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    # read the cache location now (huggingface_hub reads it once, at import)
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=offline, cache_dir=cache))
+    except LocalEntryNotFoundError:
+        where = cache
+        how = ("HF_HUB_OFFLINE is set, so only the local cache is read" if offline
+               else "it could not be downloaded either")
+        raise InputError(f"model {repo_id}: not in the Hugging Face cache ({where}) and {how}; download it "
+                         f"first (`huggingface-cli download {repo_id}` on a machine with network, sharing the "
+                         "cache) or set model: to a local checkpoint folder") from None
+    except Exception as exc:      # network, authentication, an unknown repository
+        raise InputError(f"model {repo_id}: cannot be fetched from the model hub ({str(exc).splitlines()[0][:200]}); "
+                         "set model: to a local checkpoint folder, or HF_HUB_OFFLINE=1 to use the cache") from None
+    if not (folder / "config.json").is_file():
+        raise InputError(f"model {repo_id}: the snapshot {folder} has no config.json; it is not a transformers model")
+    return folder
 
 
 def model_fingerprint(path: Path) -> str:
@@ -172,7 +263,7 @@ def sft_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, path: 
     backend = None
     if d.video_qa != "none":
         from longvideo_r1.agent.video_qa import make_video_qa
-        backend = make_video_qa(d.video_qa)
+        backend = make_video_qa(d.video_qa, **(d.video_qa_options if d.video_qa == "openai" else {}))
     summary = generate_sft(corpus_dir, store, teacher, path, split="train", max_rounds=d.max_rounds,
                            video_qa=backend, progress=False)
     _log("sft_data", f"{summary.get('kept', '?')} trajectories in {path}")
@@ -193,9 +284,15 @@ def rl_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, data_di
                 paths[split] = None
                 continue
             raise
-        generate_rl(corpus_dir, store, path, split=split, max_rounds=config.rl.rollout.max_rounds)
+        written = generate_rl(corpus_dir, store, path, split=split, max_rounds=config.rl.rollout.max_rounds)
         paths[split] = str(path)
-    _log("rl_data", f"RL rows in {paths['train']}" + (f" and {paths['val']}" if paths["val"] else ""))
+        if split == "train":
+            paths["train_rows"] = written["rows"]
+    rows = paths["train_rows"]
+    epochs = config.rl.steps * config.rl.questions_per_step / max(1, rows)
+    _log("rl_data", f"{rows} RL rows in {paths['train']}" + (f" and {paths['val']}" if paths["val"] else "")
+         + f"; rl.steps {config.rl.steps} × rl.questions_per_step {config.rl.questions_per_step} = "
+           f"{epochs:.2f} epochs of them")
     return paths
 
 
@@ -272,7 +369,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
 
         # corpus and caption store
         corpus_dir, store = out / "corpus", out / "store"
-        corpus_fp = fingerprint("corpus", _section(config.corpus))
+        corpus_fp = corpus_fingerprint(config)
         stage("corpus", corpus_fp, corpus_dir / "questions.jsonl", [corpus_dir],
               lambda run: corpus_stage(config, corpus_dir), continues=False)
         c = config.captions

@@ -33,8 +33,9 @@ class RolloutConfig:
     threads: int = 0
     """CPU threads per engine (0: one per reserved CPU). On a small CPU machine the rollout and learner
     phases alternate, so each may use every core while holding a smaller reservation."""
-    video_qa: str = "offline"
-    """video_qa backend of the episodes: offline, openai, or none"""
+    video_qa: str = "demo"
+    """video_qa backend of the episodes: openai (a vision-language model endpoint), offline (CPU signals
+    of real footage: on-screen text, speech, subtitles), demo (the generated demo world only) or none"""
     video_qa_options: dict = field(default_factory=dict)
     """keyword options of the video_qa backend (endpoint, model, … for openai)"""
     n: int = 4
