@@ -324,6 +324,24 @@ def test_no_cluster_at_the_address_is_one_clear_line():
     assert "ray start --head --dashboard-host 127.0.0.1" in line
 
 
+def test_a_folder_corpus_with_relative_paths_is_refused_before_any_upload():
+    result = subprocess.run([sys.executable, "-m", "longvideo_r1.platform.cli", "submit", "--config",
+                             "configs/folder-cpu.yaml", "--address", f"http://127.0.0.1:{_free_port()}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("lvr1: error: config key corpus.path: 'my-videos/videos' is relative") and "/shared/" in line
+
+
+def test_a_folder_corpus_on_absolute_paths_goes_on_to_the_cluster():
+    result = subprocess.run([sys.executable, "-m", "longvideo_r1.platform.cli", "submit", "--config",
+                             "configs/qwen3-8b-1node-8gpu.yaml", "--address", f"http://127.0.0.1:{_free_port()}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "corpus.path /shared/cgbench/videos is not on this machine" in result.stderr
+    assert "no Ray cluster answers at http://127.0.0.1:" in result.stderr.strip().splitlines()[-1]
+
+
 # ----------------------------------------------------------------------------------- a real Ray head on 127.0.0.1
 
 MARKER = "LVR1_TEST_RAY_HEAD"

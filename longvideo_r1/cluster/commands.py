@@ -11,6 +11,11 @@ def _cmd_submit(args) -> int:
 
     if args.entrypoint and (args.config or args.set):
         raise InputError("--entrypoint replaces `lvr1 pipeline --config … --set …`: give one or the other")
+    if not args.entrypoint:
+        from longvideo_r1.cluster.submit import check_corpus_paths
+        from longvideo_r1.platform.config import load_config
+
+        check_corpus_paths(load_config(args.config, args.set))     # refused here, before any upload
     entrypoint = args.entrypoint or pipeline_entrypoint(args.config, args.set, args.working_dir)
     out = getattr(args, "stdout", None) or sys.stdout          # the job's logs and the job id are the results
     result = submit(entrypoint, address=args.address, working_dir=args.working_dir, env=parse_env(args.env),

@@ -122,6 +122,24 @@ def job_path(path: str, working_dir: str | Path = ".", cwd: str | Path | None = 
                      "(e.g. configs/demo-cpu.yaml), or an absolute path that exists on the cluster")
 
 
+def check_corpus_paths(config) -> None:
+    """A folder corpus must be where every node reads it: its videos and annotations are not uploaded
+    with the working dir (they would exceed any upload limit), so their paths must be absolute paths
+    on storage the cluster's nodes share."""
+    c = config.corpus
+    if c.source != "folder":
+        return
+    for key in ("path", "annotations"):
+        value = getattr(c, key)
+        if not Path(value).is_absolute():
+            raise InputError(f"config key corpus.{key}: {value!r} is relative; a Ray job runs in an uploaded copy of "
+                             "the working dir without your videos, so give an absolute path on storage every node "
+                             "mounts (e.g. /shared/cgbench/videos)")
+        if not Path(value).exists():
+            print(f"lvr1 submit: note: corpus.{key} {value} is not on this machine; it must exist at that path on "
+                  "the cluster's nodes", file=sys.stderr)
+
+
 def pipeline_entrypoint(config: str | list[str] | None = None, overrides: list[str] | None = None,
                         working_dir: str | Path = ".") -> str:
     """The shell command ``lvr1 pipeline --config … --set …`` for the job, each argument quoted;
