@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from longvideo_r1.corpus import tree
+from longvideo_r1.corpus.annotations import load_benchmark, parse_time_reference, split_inline_options
 from longvideo_r1.errors import InputError
 from longvideo_r1.eval import evaluate as runner
-from longvideo_r1.eval.benchmarks import load_benchmark, parse_time_reference, split_inline_options
 from longvideo_r1.eval.metrics import summarize_records
 from longvideo_r1.eval.report import write_report
 from longvideo_r1.eval.evaluate import default_label, parse_policy, read_results
@@ -146,7 +146,7 @@ def test_demo_questions_take_the_split_from_the_rows_or_splits_json(tmp_path):
     write_jsonl(tmp_path / "questions.jsonl", rows)
     (tmp_path / "splits.json").write_text(json.dumps({"train": ["v1"], "test": ["v0"]}))
     bench = load_benchmark(tmp_path)        # a corpus folder
-    assert bench.format == "demo" and bench.split == "test" and [q.qid for q in bench.questions] == ["d0"]
+    assert bench.format == "lvr1" and bench.split == "test" and [q.qid for q in bench.questions] == ["d0"]
     assert bench.questions[0].clue_intervals == [[1.0, 2.0]]
     assert [q.qid for q in load_benchmark(tmp_path, split="all").questions] == ["d0", "d1"]
 

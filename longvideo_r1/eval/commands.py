@@ -7,7 +7,7 @@ import sys
 
 
 def _cmd_eval(args) -> int:
-    from longvideo_r1.eval.benchmarks import load_benchmark
+    from longvideo_r1.corpus.annotations import load_benchmark
     from longvideo_r1.eval.report import write_report
     from longvideo_r1.eval.evaluate import EvalConfig, parse_policy, run_eval
 

@@ -40,15 +40,14 @@ from pathlib import Path
 from longvideo_r1.agent.episode import Episode, EpisodeConfig
 from longvideo_r1.agent.policies import OraclePolicy, make_policy
 from longvideo_r1.agent.tools import Tools, run_episode
+from longvideo_r1.corpus.annotations import Benchmark
 from longvideo_r1.errors import InputError
 from longvideo_r1.jsonl import complete_lines, json_lines
-from longvideo_r1.eval.benchmarks import Benchmark
 from longvideo_r1.eval.metrics import localisation, summarize_records, visited_fraction
-from longvideo_r1.reward.score import (ANSWER_ONLY_SOURCES, DATA_SOURCES, FULL_SOURCES, RewardConfig,
-                                        compute_score)
+from longvideo_r1.reward.score import (RewardConfig, compute_score, reward_source)
 
 MAX_FAILURES_IN_A_ROW = 5
-VIDEO_QA_KINDS = ("offline", "openai", "none")
+VIDEO_QA_KINDS = ("demo", "offline", "openai", "none")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 THINK_CHARS = 240
 
@@ -142,13 +141,6 @@ class EvalConfig:
             raise InputError(f"--limit {self.limit}: give 1 or more questions (or leave it out for all)")
         if self.video_qa not in VIDEO_QA_KINDS:
             raise InputError(f"--video-qa {self.video_qa!r}: choose {', '.join(VIDEO_QA_KINDS)}")
-
-
-def reward_source(question) -> str:
-    """The compute_score data source: the question's own if the reward knows it, else by clues."""
-    if question.data_source in DATA_SOURCES:
-        return question.data_source
-    return FULL_SOURCES[0] if question.clue_intervals else ANSWER_ONLY_SOURCES[0]
 
 
 def _trace(episode: Episode) -> list[dict]:

@@ -49,20 +49,21 @@ def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Pa
 
 
 def evaluate_stage(config, corpus_dir: Path, store: Path, models: dict[str, Path], out: Path, run=None) -> dict:
-    from longvideo_r1.eval.benchmarks import load_benchmark
+    from longvideo_r1.corpus.annotations import load_benchmark
     from longvideo_r1.eval.report import write_report
     from longvideo_r1.eval.evaluate import EvalConfig, PolicySpec, run_eval
 
     out.mkdir(parents=True, exist_ok=True)
     try:
-        benchmark = load_benchmark(corpus_dir / "questions.jsonl", "demo", split=config.eval.split)
+        benchmark = load_benchmark(corpus_dir / "questions.jsonl", "lvr1", split=config.eval.split)
     except InputError as exc:
         raise InputError(f"evaluation split {config.eval.split!r}: {exc}") from None
     for label, model in models.items():
         evaluate_checkpoint(label, model, benchmark, store, out, config)
     if config.eval.baselines:
         run_eval(benchmark, store, [PolicySpec(b, b) for b in config.eval.baselines], out,
-                 EvalConfig(max_rounds=config.eval.max_rounds, progress=False))
+                 EvalConfig(max_rounds=config.eval.max_rounds, progress=False, video_qa=config.rl.rollout.video_qa,
+                            video_qa_options=dict(config.rl.rollout.video_qa_options)))
     report = write_report(out, out)
     if run is not None:
         for label, metrics in report.get("metrics", {}).items():

@@ -31,6 +31,83 @@ def _cmd_corpus_demo(args) -> int:
     return 0
 
 
+def _corpus_check_inputs(args) -> dict | None:
+    """Videos, annotations, format and split spec from --config/--set and the flags (flags win); None
+    when the config's corpus is the generated demo and no flag names a folder."""
+    inputs = {"videos": None, "annotations": None, "format": "auto", "splits": None}
+    if args.config or args.set:
+        from longvideo_r1.platform.config import load_config
+
+        corpus = load_config(args.config, args.set).corpus
+        if getattr(corpus, "source", "demo") != "folder" and not (args.videos or args.annotations):
+            return None
+        inputs.update(videos=getattr(corpus, "path", None), annotations=getattr(corpus, "annotations", None),
+                      format=getattr(corpus, "format", "auto") or "auto", splits=getattr(corpus, "splits", None))
+    for key in ("videos", "annotations", "format"):
+        if getattr(args, key) is not None:
+            inputs[key] = getattr(args, key)
+    flags = {k: getattr(args, k) for k in ("val", "test", "seed") if getattr(args, k) is not None}
+    if flags:
+        base = inputs["splits"]
+        base = {k: getattr(base, k) for k in ("val", "test", "seed")} if base is not None and not isinstance(
+            base, dict) else dict(base or {})
+        inputs["splits"] = {**base, **flags}
+    if not inputs["videos"] or not inputs["annotations"]:
+        raise InputError("lvr1 corpus check: give --videos DIR --annotations FILE, or --config FILE whose corpus "
+                         "has source: folder, path and annotations")
+    return inputs
+
+
+def _print_check(report, out) -> None:
+    s = report.summary()
+    print(f"annotations: {s['annotations']} ({s['format']}, {s['rows']} rows); videos: {s['videos_dir']}", file=out)
+    hours = f", {s['hours']:.2f} hours" if s["hours"] is not None else ""
+    unused = f"; {s['videos_without_questions']} videos in the folder have no question" \
+        if s["videos_without_questions"] else ""
+    print(f"videos: {s['videos']}{hours}{unused}", file=out)
+    per_split = ", ".join(f"{k} {v} ({s['videos_per_split'][k]} video{'s' * (s['videos_per_split'][k] != 1)})"
+                          for k, v in s["questions_per_split"].items())
+    source = {"rows": "the split of each row", "splits.json": "splits.json beside the annotations",
+              "spec": "--val/--test/--seed"}[s["split_source"]]
+    print(f"questions: {s['questions']}" + (f": {per_split}; splits by video from {source}" if per_split else ""),
+          file=out)
+    if s["questions_per_task"]:
+        print("per task type: " + ", ".join(f"{k} {v}" for k, v in s["questions_per_task"].items()), file=out)
+    print(f"with clue intervals: {100 * s['with_clue_intervals']:.1f}% of the questions", file=out)
+    if report.problems:
+        print(f"problems: {len(report.problems)} (those questions are left out)", file=out)
+        for problem in report.problems:
+            print(problem.line(), file=out)
+    else:
+        print("problems: none", file=out)
+
+
+def _cmd_corpus_check(args) -> int:
+    from longvideo_r1.corpus.check import check_corpus, clean_targets, write_clean
+
+    inputs = _corpus_check_inputs(args)
+    if inputs is None:
+        message = "corpus.source is demo: the demo corpus is generated, there is nothing to check"
+        print(json.dumps({"source": "demo", "checked": False}) if args.json else message, file=args.stdout)
+        return 0
+    if args.drop_invalid:
+        clean_targets(inputs["annotations"], args.drop_invalid)      # a wrong OUT fails before the check runs
+    report = check_corpus(inputs["videos"], inputs["annotations"], inputs["format"], inputs["splits"],
+                          probe=not args.no_probe)
+    cleaned = write_clean(report, inputs["annotations"], args.drop_invalid) if args.drop_invalid else None
+    if args.json:
+        result = report.to_json()
+        if cleaned is not None:
+            result["drop_invalid"] = cleaned
+        print(json.dumps(result, ensure_ascii=False), file=args.stdout)
+    else:
+        _print_check(report, args.stdout)
+        if cleaned is not None:
+            print(f"wrote {cleaned['out']}: kept {cleaned['kept']} questions, dropped {cleaned['dropped']}"
+                  + (f"; splits in {cleaned['splits']}" if "splits" in cleaned else ""), file=args.stdout)
+    return 0 if report.ok else 1
+
+
 def _captioner_options(args) -> dict:
     if args.captioner != "openai":
         return {}
@@ -265,6 +342,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="about this many minutes per video (default: 20-60 minutes each)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.set_defaults(func=_cmd_corpus_demo)
+
+    p = corpus.add_parser("check", help="read every annotation row and probe every video before training; list "
+                          "every problem (exit 1 if any)", description="Check a folder of videos and an annotation "
+                          "file (lvr1, CG-Bench, LVBench, Video-MME or MLVU; JSON, JSON lines or Parquet): missing or "
+                          "undecodable videos, videos too short for the caption tree, clue intervals outside the "
+                          "video, bad options or answers, duplicate question ids, unsafe video ids, missing fields, "
+                          "splits that put a video in two splits. Prints a summary and one line per problem (WHERE: "
+                          "qid Q: field F: message); exits 1 when there is a problem, 0 otherwise.")
+    add_config_arguments(p)
+    p.add_argument("--videos", metavar="DIR", help="folder of video files (the id of a video is its file name "
+                   "without extension; NAME.srt beside it is its subtitles); default: the config's corpus.path")
+    p.add_argument("--annotations", metavar="FILE", help="annotation file (.json, .jsonl, .parquet) or a folder of "
+                   "them; default: the config's corpus.annotations")
+    p.add_argument("--format", choices=["auto", "lvr1", "demo", "cgbench", "lvbench", "videomme", "mlvu"],
+                   help="annotation format (default: the config's corpus.format, else auto: told from the fields)")
+    p.add_argument("--val", type=float, help="share of the videos for val when the annotations name no split "
+                   "(default 0.1)")
+    p.add_argument("--test", type=float, help="share of the videos for test (default 0.1)")
+    p.add_argument("--seed", type=int, help="split shuffle seed (default 0)")
+    p.add_argument("--no-probe", action="store_true", help="only look for the video files, do not decode them")
+    p.add_argument("--json", action="store_true", help="print one JSON object (summary, splits and every problem)")
+    p.add_argument("--drop-invalid", metavar="OUT", help="also write the annotations without the questions that "
+                   "have a problem to OUT, in the same format")
+    p.set_defaults(func=_cmd_corpus_check)
 
     captions = sub.add_parser("captions", help="caption trees and the caption store").add_subparsers(
         dest="captions_command", required=True)

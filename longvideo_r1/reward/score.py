@@ -42,6 +42,15 @@ ANSWER_ONLY_SOURCES = ("videocaption_videomme",)
 """Data sources scored on the answer alone (no clue intervals exist for them)."""
 DATA_SOURCES = FULL_SOURCES + ANSWER_ONLY_SOURCES
 REQUIRED_EXTRA_INFO = ("width", "duration", "clue_intervals")
+
+
+def reward_source(question) -> str:
+    """The data source a question is scored under: its own if the reward knows it, else by its clues
+    (with clue intervals: answer, localisation and repeats; without: the answer alone). LVBench and
+    MLVU questions, for example, are scored as CG-Bench and Video-MME ones."""
+    if question.data_source in DATA_SOURCES:
+        return question.data_source
+    return FULL_SOURCES[0] if question.clue_intervals else ANSWER_ONLY_SOURCES[0]
 # Keyword arguments that verl hands to its own scorers; accepted here and ignored.
 VERL_KWARGS = frozenset({"sandbox_fusion_url", "concurrent_semaphore", "memory_limit_mb"})
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from longvideo_r1.agent.episode import EpisodeConfig, Question
 from longvideo_r1.agent.protocol import DEFAULT_SYSTEM_PROMPT
 from longvideo_r1.errors import InputError
+from longvideo_r1.reward.score import reward_source
 from longvideo_r1.trainer.splits import (
     ABILITY,
     MAX_ROUNDS,
@@ -50,7 +51,7 @@ def rl_rows(questions: list[Question], tools, config: EpisodeConfig, split: str,
             raise InputError(f"question {q.qid}: has no answer; RL rows need the ground-truth letter")
         episode = tools.start(q, config)
         video = tools.captions.video(q.video_id)
-        source = data_source or q.data_source
+        source = data_source or reward_source(q)
         prompt = [{"role": m["role"], "content": m["content"]} for m in episode.prompt()]
         rows.append({
             "data_source": source, "prompt": prompt, "ability": ABILITY,
