@@ -111,6 +111,15 @@ def test_a_folder_corpus_runs_from_the_check_to_the_eval_report(tmp_path):
     results = [json.loads(line) for line in (out / "eval" / "random.jsonl").read_text().splitlines()]
     assert len(results) == 2 and {r["video_id"] for r in results} <= set(key_videos(annotations, "test", out))
     assert "epochs of them" in done.stderr
+    # lvr1 eval --config: the same corpus split, store and checkpoints, read from the config
+    sets = [a for kv in (f"output_dir={out}", f"corpus.path={videos}", f"corpus.annotations={annotations}", *SMALL)
+            for a in ("--set", kv)]
+    evaluated = lvr1("eval", "--config", str(CONFIG), *sets, "--policy", "random", "--policy", "oracle", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout)
+    assert (out / "eval_cli" / "oracle.jsonl").is_file() and (out / "eval_cli" / "report.md").is_file()
+    oracle = [json.loads(line) for line in (out / "eval_cli" / "oracle.jsonl").read_text().splitlines()]
+    assert len(oracle) == 2 and all(r["correct"] for r in oracle), result
 
 
 def key_videos(annotations: Path, split: str, out: Path) -> list[str]:
@@ -145,6 +154,12 @@ def test_a_corpus_with_problems_is_refused_before_anything_runs(tmp_path):
     assert "2 problem(s)" in done.stderr and "101" in done.stderr and "202" in done.stderr
     assert "Traceback" not in done.stderr and "--drop-invalid" in done.stderr
     assert not (out / "store").exists() and not (out / "corpus" / "questions.jsonl").exists()
+
+
+def test_eval_from_a_config_before_the_pipeline_ran_says_what_to_run(tmp_path):
+    done = lvr1("eval", "--config", str(CONFIG), "--set", f"output_dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert "no corpus and caption store yet" in done.stderr and "--until captions" in done.stderr
 
 
 def test_an_unreachable_captioning_endpoint_is_a_clear_error_and_stages_nothing(tmp_path):
