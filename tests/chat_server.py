@@ -7,6 +7,7 @@
         ...
         srv.requests[0].images                  # decoded frames of the first request
         srv.max_in_flight                       # most requests it ever handled at once
+        srv.requests[0].usage                   # the token counts it reported for the first request
 
 It serves ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1 (a free port) from a
 background thread. Every request is validated (``model``, ``messages``, content parts) and every
@@ -19,6 +20,11 @@ later ones none) or a function ``index -> Fault | None``. A :class:`Fault` can a
 status (with its own error message and a ``Retry-After``), delay the answer, or send raw bytes with
 status 200 and any ``Content-Type`` (malformed JSON, an HTML page). Every delay is capped by
 ``handler_cap`` seconds and cut short when the server shuts down.
+
+Every answer carries a ``usage`` object, as OpenAI's does: ``prompt_tokens`` is the number of
+whitespace-separated words in the text parts of the user messages plus 64 per image, and
+``completion_tokens`` the words of the reply; each request keeps what it was told in
+``request.usage``. ``ChatServer(usage=False)`` leaves ``usage`` out of the answers (some servers do).
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class ChatRequest:
     started: float = 0.0              # time.monotonic() at arrival
     finished: float = 0.0
     client_port: int = 0               # the client's TCP port (the same for requests on one connection)
+    usage: dict | None = None          # the usage object sent with a 200 answer (None if none was sent)
 
     @property
     def model(self) -> str | None:
@@ -159,10 +166,12 @@ class ChatServer:
     def __init__(self, handler: Callable[[ChatRequest], str] | None = None, *,
                  faults: Sequence[Fault | None] | Callable[[int], Fault | None] = (),
                  delay: float = 0.0, models: Sequence[str] | None = None, api_key: str | None = None,
-                 handler_cap: float = 20.0):
+                 handler_cap: float = 20.0, usage: bool = True):
         """``models``: the only model names accepted (any if None); ``api_key``: require this Bearer
-        key (none required if None); ``delay``: seconds added before every answer."""
+        key (none required if None); ``delay``: seconds added before every answer; ``usage``: send a
+        ``usage`` object with each answer."""
         self.handler = handler or describe
+        self.usage = usage
         self.faults = faults
         self.delay = delay
         self.models = list(models) if models is not None else None
@@ -307,16 +316,18 @@ class _Handler(BaseHTTPRequestHandler):
         content = owner.handler(request)
         prompt_tokens = sum(len(t.split()) for t in request.texts) + 64 * len(request.images)
         completion_tokens = len(content.split())
-        return self._send_json(200, {
+        answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                          "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        }
+        if owner.usage:
+            request.usage = answer["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                               "total_tokens": prompt_tokens + completion_tokens}
+        return self._send_json(200, answer)
 
     def _send_error(self, status: int, message: str, kind: str, headers: dict | None = None) -> int:
         return self._send_json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)

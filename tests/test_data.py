@@ -19,7 +19,12 @@ from longvideo_r1.agent.episode import Question
 from longvideo_r1.agent.llm import OpenAIPolicy
 from longvideo_r1.agent.policies import clue_segments
 from longvideo_r1.agent.protocol import LAST_ROUND_NOTE, STOP_STRINGS
-from longvideo_r1.agent.teacher import HintConfig, HintedTeacher, OracleTeacher
+from longvideo_r1.agent.teacher import (
+    HintConfig,
+    HintedTeacher,
+    OracleTeacher,
+    make_teacher,
+)
 from longvideo_r1.agent.tools import Tools
 from longvideo_r1.agent.video_qa import OfflineVideoQA
 from longvideo_r1.corpus.build import build_store
@@ -36,7 +41,7 @@ from longvideo_r1.trainer.batches import (
     tokenize_trajectory,
 )
 from longvideo_r1.trainer.rl_data import read_rl_rows
-from longvideo_r1.trainer.sft_data import read_sft_records
+from longvideo_r1.trainer.sft_data import generate_sft, read_sft_records
 from longvideo_r1.trainer.splits import episode_config
 from tests.chat_server import ChatServer, Fault
 
@@ -170,6 +175,7 @@ def test_the_sharegpt_copy_and_its_dataset_info_entry(oracle_sft):
 
 
 # ---------------------------------------------------------------- the hinted chat-model teacher
+# (the full hint schedule, accounting, Ray and an unreachable endpoint: tests/test_teacher.py)
 
 def clue_ids(row, store_root):
     video = CaptionStore(store_root).video(row["video_id"])
@@ -181,8 +187,15 @@ def fmt(ids) -> str:
     return "(" + ",".join(map(str, ids)) + ")"
 
 
+def hints_in(messages) -> list[str]:
+    """The hint paragraphs of the user turns, in order."""
+    return [p for m in messages if m["role"] == "user" for p in m["content"].split("\n\n") if "Hint:" in p]
+
+
 class Student:
-    """Scripted chat replies (stop strings stripped, as servers do) keyed on what the request holds."""
+    """Scripted chat replies (stop strings stripped, as servers do) keyed on what the request holds:
+    a first look at (1,1), ``wrong_times`` wrong answers (one per hint), the clue's first medium
+    segment once hinted, then the right answer."""
 
     def __init__(self, rows, store_root, wrong_times=1, leak=False):
         self.by_question = {r["question"]: r for r in rows}
@@ -194,91 +207,99 @@ class Student:
         messages = request.messages
         row = next(r for q, r in self.by_question.items() if messages[1]["content"].startswith(q))
         wrong = next(letter for letter in "ABCD" if letter != row["answer"])
-        answers = sum(1 for m in messages if m["role"] == "assistant" and "<answer>" in m["content"])
         if not any(m["role"] == "assistant" for m in messages):
             return "<think>The first part is a good place to start.</think><tool>get_caption((1,1))"
-        if answers < self.wrong_times:
+        if len(hints_in(messages)) < self.wrong_times:
             return f"<think>That caption is enough, I think.</think><answer>{wrong}"
-        if messages[-1]["content"].startswith(f"Your answer {wrong} is"):     # the hint: go there
+        if "Hint:" in messages[-1]["content"]:     # just hinted: go there
             medium = clue_ids(row, self.store_root)[0][0]
             why = "The hint says so." if self.leak else "This part should hold the moment."
             return f"<think>{why}</think><tool>get_caption({fmt(medium)})"
         return f"<think>The captions point to option {row['answer']}.</think><answer>{row['answer']}"
 
 
-def test_a_wrong_answer_gets_a_segment_hint_and_the_cleaned_path_is_written(demo_corpus, store_root, tmp_path,
-                                                                            monkeypatch):
+def test_a_wrong_answer_gets_a_high_level_hint_and_the_cleaned_path_is_written(demo_corpus, store_root, tmp_path):
     rows = split_rows(demo_corpus)
     out = tmp_path / "sft.jsonl"
-    monkeypatch.setenv("TEACHER_KEY", "sekret")
     with ChatServer(handler=Student(rows, store_root), api_key="sekret") as srv:
-        rc, summary, err = run_cli("data", "sft", "--corpus", demo_corpus.root, "--store", store_root,
-                                   "--teacher", "openai", "--endpoint", srv.base_url, "--model", "teacher-model",
-                                   "--api-key-env", "TEACHER_KEY", "--workers", 2, "--out", out)
+        teacher = make_teacher("openai", srv.base_url, "teacher-model", api_key="sekret")
+        summary = generate_sft(demo_corpus.root, store_root, teacher, out, concurrency=2, use_ray=False,
+                               progress=False)
         requests = [r.payload for r in srv.requests]
-    assert rc == 0, err
     assert summary["kept"] == summary["played"] == len(rows) and summary["hinted"] == len(rows)
-    assert summary["mean_attempts"] == 2.0 and summary["correct_rate"] == 1.0
-    assert len(requests) == 4 * len(rows) and all(r["stop"] == list(STOP_STRINGS) for r in requests)
+    assert summary["mean_attempts"] == 2.0 and summary["correct_rate"] == 1.0 and summary["teacher"] == "openai"
+    assert summary["teacher_calls"] == len(requests) == 4 * len(rows)
+    assert all(r["stop"] == list(STOP_STRINGS) for r in requests)
     records = {r["qid"]: r for r in read_sft_records(out)}
     for row in rows:
-        mediums, _ = clue_ids(row, store_root)
+        mediums, lows = clue_ids(row, store_root)
+        highs = list(dict.fromkeys(ids[:1] for ids in lows))
         wrong = next(letter for letter in "ABCD" if letter != row["answer"])
-        # what the server received: the wrong answer (stop string restored), then the hint as a user turn
-        hinted = next(r["messages"] for r in requests
-                      if r["messages"][1]["content"].startswith(row["question"]) and len(r["messages"]) == 6)
-        assert hinted[4] == {"role": "assistant", "content": f"<think>That caption is enough, I think.</think>"
-                                                            f"<answer>{wrong}</answer>"}
-        assert hinted[5]["role"] == "user" and hinted[5]["content"].startswith(f"Your answer {wrong} is not correct.")
-        named = re.findall(r"\((\d+),(\d+)\)", hinted[5]["content"])
-        assert mediums[0] in {tuple(map(int, n)) for n in named} <= set(mediums)
-        assert "video_qa" not in hinted[5]["content"]
+        mine = [r["messages"] for r in requests if r["messages"][1]["content"].startswith(row["question"])]
+        assert len(mine) == 4
+        # the wrong answer is taken out: the hinted request is the one before it plus the hint, appended
+        # to the observation the model answered after; the wrong answer is in no request
+        assert mine[2][:3] == mine[1][:3] and len(mine[2]) == len(mine[1]) == 4
+        assert mine[2][3]["content"].startswith(mine[1][3]["content"] + "\n\n")
+        assert [m["role"] for m in mine[2]] == ["system", "user", "assistant", "user"]
+        assert not any(f"<answer>{wrong}" in m["content"] for msgs in mine for m in msgs)
+        (hint,) = hints_in(mine[2])
+        assert f"{wrong}" not in re.findall(r"\b[A-D]\b", hint) and "video_qa" not in hint
+        named = re.search(r"high-level segments? (\d+(?:(?:, | and )\d+)*)", hint).group(1)
+        assert [int(n) for n in re.findall(r"\d+", named)] == [h for (h,) in highs]   # a width-4 tree: <= 4
         # what was written: the hint-free path (both tool calls, the right answer), rebuilt by the rules
         record = records[row["qid"]]
-        assert (record["correct"], record["attempts"], record["hints"], record["hint_leak"]) == \
-               (True, 2, ["segment"], False)
+        assert (record["correct"], record["attempts"], record["hints"], record["hint_leak"], record["teacher"]) == \
+               (True, 2, ["high"], False, "openai")
+        assert record["calls"] == 4 and record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
         assert assistant_texts(record["messages"]) == [
             "<think>The first part is a good place to start.</think><tool>get_caption((1,1))</tool>",
             f"<think>This part should hold the moment.</think><tool>get_caption({fmt(mediums[0])})</tool>",
             f"<think>The captions point to option {row['answer']}.</think><answer>{row['answer']}</answer>"]
         text = json.dumps(record["messages"])
-        assert "Hint" not in text and "not correct" not in text and f"<answer>{wrong}" not in text
+        assert "Hint" not in text and "earlier attempt" not in text and f"<answer>{wrong}" not in text
         assert record["messages"][3]["content"].startswith("Medium-level Caption from tool get_caption((1,1))")
         assert record["rounds"] == 3 and record["costs"]["get_caption_calls"] == 2
 
 
-def test_repeated_failures_get_the_video_qa_hint_then_the_teacher_gives_up(demo_corpus, store_root, tools):
+def test_repeated_failures_go_through_the_schedule_then_the_teacher_gives_up(demo_corpus, store_root, tools):
     rows = split_rows(demo_corpus)
     row = rows[0]
-    _, lows = clue_ids(row, store_root)
+    mediums, lows = clue_ids(row, store_root)
     with ChatServer(handler=Student(rows, store_root, wrong_times=99)) as srv:
-        teacher = HintedTeacher(OpenAIPolicy(srv.base_url, "m"), HintConfig(max_attempts=3))
+        teacher = HintedTeacher(OpenAIPolicy(srv.base_url, "m"), HintConfig(["medium", "video_qa"]))
         result = teacher.run(Question.from_row(row), tools, episode_config())
-        hints = [r.payload["messages"][-1]["content"] for r in srv.requests
-                 if r.payload["messages"][-1]["content"].startswith("Your answer")]
-    assert (result.attempts, result.hints, result.correct) == (3, ["segment", "video_qa"], False)
-    named = {tuple(map(int, n)) for n in re.findall(r"\((\d+),(\d+),(\d+)\)", hints[1])}
-    assert len(hints) == 2 and "video_qa(" in hints[1] and lows[0] in named and named <= set(lows)
-    # the transcript holds both hints; the cleaned episode has none and ends with the last wrong answer
-    assert sum(m["content"].startswith("Your answer") for m in result.transcript) == 2
-    assert not any(m["content"].startswith("Your answer") for m in result.episode.messages)
+        requests = [r.payload["messages"] for r in srv.requests]
+    assert (result.attempts, result.hints, result.correct) == (3, ["medium", "video_qa"], False)
+    assert len(requests) == 4 and [len(hints_in(m)) for m in requests] == [0, 0, 1, 2]
+    first, second = hints_in(requests[-1])
+    assert {tuple(map(int, n)) for n in re.findall(r"\((\d+),(\d+)\)", first)} <= set(mediums)
+    assert fmt(mediums[0]) in first and "video_qa" not in first
+    named = {tuple(map(int, n)) for n in re.findall(r"\((\d+),(\d+),(\d+)\)", second)}
+    assert "video_qa(" in second and lows[0] in named and named <= set(lows)
+    # the dialogue holds both hints and none of the wrong answers but the last (final) one; the cleaned
+    # episode has no hint and ends with that last wrong answer
+    assert len(hints_in(result.transcript)) == 2 and len(result.wrong_answers) == 2
+    assert sum("<answer>" in m["content"] for m in result.transcript if m["role"] == "assistant") == 1
+    assert not hints_in(result.episode.messages)
     assert result.episode.answer != row["answer"] and len(result.episode.turns) == 2
 
 
 def test_wrong_and_leaking_trajectories_are_dropped_unless_asked(demo_corpus, store_root, tmp_path):
     rows = split_rows(demo_corpus)
-    args = ["data", "sft", "--corpus", demo_corpus.root, "--store", store_root, "--teacher", "openai",
-            "--model", "m", "--max-attempts", 1]
     with ChatServer(handler=Student(rows, store_root)) as srv:
-        rc, summary, _ = run_cli(*args, "--endpoint", srv.base_url, "--out", tmp_path / "a.jsonl")
-        assert rc == 0 and (summary["kept"], summary["dropped_wrong"]) == (0, len(rows))
-        rc, summary, _ = run_cli(*args, "--endpoint", srv.base_url, "--out", tmp_path / "b.jsonl", "--keep-wrong")
-        assert rc == 0 and summary["kept"] == len(rows)
+        no_hints = make_teacher("openai", srv.base_url, "m", hints=HintConfig([]))
+        summary = generate_sft(demo_corpus.root, store_root, no_hints, tmp_path / "a.jsonl", progress=False)
+        assert (summary["kept"], summary["dropped_wrong"], summary["hinted"]) == (0, len(rows), 0)
+        assert not (tmp_path / "a.jsonl").exists()          # nothing kept, no file
+        summary = generate_sft(demo_corpus.root, store_root, no_hints, tmp_path / "b.jsonl", keep_wrong=True,
+                               progress=False)
+        assert summary["kept"] == len(rows)
         assert all(r["correct"] is False for r in read_sft_records(tmp_path / "b.jsonl"))
     with ChatServer(handler=Student(rows, store_root, leak=True)) as srv:
-        rc, summary, _ = run_cli("data", "sft", "--corpus", demo_corpus.root, "--store", store_root, "--teacher",
-                                 "openai", "--model", "m", "--endpoint", srv.base_url, "--out", tmp_path / "c.jsonl")
-        assert rc == 0 and (summary["kept"], summary["dropped_hint_leak"]) == (0, len(rows))
+        summary = generate_sft(demo_corpus.root, store_root, make_teacher("openai", srv.base_url, "m"),
+                               tmp_path / "c.jsonl", progress=False)
+        assert (summary["kept"], summary["dropped_hint_leak"]) == (0, len(rows))
 
 
 def test_a_failing_question_is_reported_and_many_in_a_row_stop_the_run(demo_corpus, store_root, tmp_path):
@@ -289,9 +310,11 @@ def test_a_failing_question_is_reported_and_many_in_a_row_stop_the_run(demo_corp
     assert rc == 1 and (summary["failed"], summary["kept"]) == (1, len(rows) - 1)
     errors = [ln for ln in err.splitlines() if ln.startswith("lvr1: error:")]
     assert len(errors) == 1 and f"question {rows[0]['qid']}" in errors[0] and "HTTP 400" in errors[0]
+    assert summary["teacher_calls"] == 4 * (len(rows) - 1)     # the failed call is not counted
     with ChatServer(faults=lambda i: Fault(status=400)) as srv:
         rc, summary, err = run_cli(*args, "--endpoint", srv.base_url, "--out", tmp_path / "b.jsonl")
     assert rc == 2 and summary is None and "stopping after 5 questions in a row failed" in err.splitlines()[-1]
+    assert not (tmp_path / "b.jsonl").exists()
 
 
 # ---------------------------------------------------------------- tokenisation equals the rollout context

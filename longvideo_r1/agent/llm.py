@@ -6,14 +6,23 @@ the text they return, so it is put back: the episode then sees exactly the turn 
 - ``openai:MODEL@URL`` e.g. ``openai:longvideo-r1@http://127.0.0.1:8000/v1`` (a vLLM server with a
   released LongVideo-R1 checkpoint); the API key, if needed, comes from ``OPENAI_API_KEY``.
 - ``local:DIR``: a transformers checkpoint directory with its tokenizer and chat template.
+
+:class:`OpenAIPolicy` keeps an account of its calls (:class:`CallUsage`): the prompt and completion
+tokens the server reports in the response's ``usage`` (0 when it sends none), and the seconds of the
+successful HTTP attempt. ``policy.last_call`` is the account of the latest call made *by the calling
+thread* (so one policy can serve many episodes at once), ``policy.totals`` the sum over all calls.
 """
 
 from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
 
 from longvideo_r1.agent.episode import Episode
 from longvideo_r1.agent.protocol import STOP_STRINGS
 from longvideo_r1.agent.tools import Tools
 from longvideo_r1.errors import InputError
+from longvideo_r1.openai_client import ChatClient
 
 
 def close_stopped_turn(text: str) -> str:
@@ -25,26 +34,131 @@ def close_stopped_turn(text: str) -> str:
     return text
 
 
+@dataclass
+class CallUsage:
+    """What chat calls cost: how many, the tokens the server reported, and the model's seconds."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: CallUsage) -> CallUsage:
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.seconds += other.seconds
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _reported_tokens(raw) -> tuple[int, int]:
+    """``usage.prompt_tokens`` and ``usage.completion_tokens`` of a raw SDK response (0 when missing)."""
+    try:
+        usage = getattr(raw.parse(), "usage", None)
+    except Exception:  # the text was read already; a body without usage costs nothing to report
+        return 0, 0
+
+    def count(name: str) -> int:
+        value = getattr(usage, name, None) if usage is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+    return count("prompt_tokens"), count("completion_tokens")
+
+
+class MeteredChatClient(ChatClient):
+    """A :class:`~longvideo_r1.openai_client.ChatClient` that also reads the ``usage`` of each answer.
+
+    ``reported.tokens`` is the ``(prompt_tokens, completion_tokens)`` of the answer the calling thread
+    received last (thread-local; the caller resets it before a call).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reported = threading.local()
+
+    def _answer(self, raw, context: str) -> tuple[str, float]:
+        answer = super()._answer(raw, context)
+        self.reported.tokens = _reported_tokens(raw)
+        return answer
+
+
 class OpenAIPolicy:
-    """A navigator served by an OpenAI-compatible chat-completions endpoint."""
+    """A navigator served by an OpenAI-compatible chat-completions endpoint.
+
+    Safe to share between threads. It pickles as its settings (the connection pool is made anew
+    where it lands), so a teacher holding one can be sent to a Ray actor.
+    """
 
     name = "openai"
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 2048, timeout: float = 300.0, retries: int = 2, extra: dict | None = None):
-        from longvideo_r1.openai_client import ChatClient
-
-        self.client = ChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
-                                 what="llm policy")
+        self._settings = {"endpoint": endpoint, "model": model, "api_key": api_key, "temperature": temperature,
+                          "max_tokens": max_tokens, "timeout": timeout, "retries": retries, "extra": extra}
+        self.client = MeteredChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
+                                        what="llm policy")
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.timeout = timeout
         self.extra = extra
+        self.totals = CallUsage()
+        self._totals_lock = threading.Lock()
+        self._last = threading.local()
+
+    def __getstate__(self) -> dict:
+        return dict(self._settings)
+
+    def __setstate__(self, settings: dict) -> None:
+        self.__init__(**settings)
+
+    def __repr__(self) -> str:  # never show the API key
+        return f"OpenAIPolicy(endpoint={self.client.base_url!r}, model={self.client.model!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL requests go to (``http://host:port/v1``)."""
+        return self.client.base_url
+
+    @property
+    def last_call(self) -> CallUsage | None:
+        """The account of the latest call this thread made (None before its first, or if it failed)."""
+        return getattr(self._last, "call", None)
+
+    def check(self) -> None:
+        """Make sure something answers HTTP at the endpoint; an :class:`InputError` saying what to do if not.
+
+        Asks ``GET {base}/models`` once, without retries. Any HTTP answer counts as reachable (not every
+        server lists its models); only a connection that cannot be made (refused, unknown host, no answer
+        within the timeout) fails, before any question is played.
+        """
+        import httpx
+
+        url = self.client.base_url + "/models"
+        try:
+            httpx.get(url, timeout=min(float(self.timeout), 10.0))
+        except httpx.TransportError as exc:
+            cause = exc.__cause__ or exc
+            reason = " ".join(f"{type(exc).__name__}: {cause}".split())[:200]
+            raise InputError(f"llm policy: the endpoint {self.client.base_url} cannot be reached ({reason}); start "
+                             f"the OpenAI-compatible server that serves model {self.client.model!r} there (e.g. "
+                             "`vllm serve MODEL --port 8000`), or check the URL and port given as the endpoint") \
+                from None
 
     def act(self, episode: Episode, tools: Tools) -> str:
         q = episode.question
-        text = self.client.complete(episode.prompt(), max_tokens=self.max_tokens, temperature=self.temperature,
-                                    stop=list(STOP_STRINGS), extra=self.extra,
-                                    context=f"question {q.qid or q.video_id} round {episode.round}")
+        self._last.call = None
+        self.client.reported.tokens = (0, 0)
+        text, seconds = self.client.complete_timed(
+            episode.prompt(), max_tokens=self.max_tokens, temperature=self.temperature, stop=list(STOP_STRINGS),
+            extra=self.extra, context=f"question {q.qid or q.video_id} round {episode.round}")
+        prompt_tokens, completion_tokens = self.client.reported.tokens
+        call = CallUsage(1, prompt_tokens, completion_tokens, seconds)
+        self._last.call = call
+        with self._totals_lock:
+            self.totals.add(call)
         return close_stopped_turn(text)
 
 

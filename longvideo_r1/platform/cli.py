@@ -264,20 +264,19 @@ def _cmd_data(args) -> int:
         if not api_key:
             raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is not set; export "
                              "the API key in it or leave the option out")
-    teacher = make_teacher(args.teacher, args.endpoint, args.model, api_key,
-                           HintConfig(args.hint_after, args.video_qa_hint_after, args.max_attempts))
-    backend = None
+    teacher = make_teacher(args.teacher, args.endpoint, args.model, api_key, HintConfig(args.hints))
+    video_qa = None
     if args.video_qa != "none":
-        from longvideo_r1.agent.video_qa import make_video_qa
-
         options = {}
         if args.video_qa == "openai":
             if not args.video_qa_endpoint or not args.video_qa_model:
                 raise InputError("--video-qa openai needs --video-qa-endpoint URL and --video-qa-model NAME")
             options = {"endpoint": args.video_qa_endpoint, "model": args.video_qa_model}
-        backend = make_video_qa(args.video_qa, **options)
+        video_qa = (args.video_qa, options)         # each worker builds its own backend
     summary = sft_data.generate_sft(args.corpus, args.store, teacher, args.out, args.split, args.max_rounds,
-                                args.workers, args.keep_wrong, backend, template, args.sharegpt)
+                                    args.keep_wrong, video_qa, template, args.sharegpt,
+                                    concurrency=args.concurrency, price_per_input_token=args.price_per_input_token,
+                                    price_per_output_token=args.price_per_output_token)
     print(json.dumps(summary), file=args.stdout)
     return 1 if summary["failed"] else 0
 
@@ -318,12 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "missing (default ./lvr1-store)")
     p.add_argument("--policy", default="retrieval", help="exhaustive, random, retrieval, oracle (needs --clue "
                    "and --answer), openai:MODEL@URL or local:MODEL_DIR (default retrieval)")
-    p.add_argument("--video-qa", choices=["offline", "openai", "none"], default="offline",
-                   help="video_qa backend (default offline)")
+    p.add_argument("--video-qa", choices=["demo", "offline", "openai", "none"], default="offline",
+                   help="video_qa backend: openai (a vision-language model), offline (CPU: on-screen text, speech, "
+                   "subtitles, cuts), demo (the generated demo world only) or none (default offline)")
     p.add_argument("--video-qa-endpoint", help="OpenAI-compatible base URL of the vision-language model")
     p.add_argument("--video-qa-model", help="model name at --video-qa-endpoint")
-    p.add_argument("--captioner", choices=["offline", "openai"], default="offline",
-                   help="captioner for a video not yet in the store")
+    p.add_argument("--captioner", choices=["demo", "offline", "openai"], default="offline",
+                   help="captioner for a video not yet in the store; " + "openai: a vision-language model behind an OpenAI-compatible endpoint, the only captioner that "
+                   "says what happens and who and what is seen (real captions need it); offline: CPU signals "
+                   "only (on-screen text, speech, subtitles, cuts, brightness, motion); demo: the generated "
+                   "demo world only (default offline)")
     p.add_argument("--endpoint", help="captioner endpoint (--captioner openai)")
     p.add_argument("--model", help="captioner model (--captioner openai)")
     p.add_argument("--concurrency", type=int, default=8, help=argparse.SUPPRESS)
@@ -372,7 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = captions.add_parser("build", help="caption a folder of videos into a sharded store (resumable)")
     p.add_argument("--videos", required=True, help="folder of video files (an .srt beside a video is used)")
     p.add_argument("--out", required=True, help="store folder (created or extended)")
-    p.add_argument("--captioner", choices=["offline", "openai"], default="offline")
+    p.add_argument("--captioner", choices=["demo", "offline", "openai"], default="offline", help="openai: a vision-language model behind an OpenAI-compatible endpoint, the only captioner that "
+                   "says what happens and who and what is seen (real captions need it); offline: CPU signals "
+                   "only (on-screen text, speech, subtitles, cuts, brightness, motion); demo: the generated "
+                   "demo world only (default offline)")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", help="model name at the endpoint")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight per video (openai)")
@@ -427,15 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: OPENAI_API_KEY if set)")
     p.add_argument("--split", default="train", help="corpus split (default train)")
     p.add_argument("--max-rounds", type=int, default=15, help="rounds per episode, as in RL rollouts (default 15)")
-    p.add_argument("--workers", type=int, default=1, help="questions played at once (default 1)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="questions played at once (default 1); above 1 they run on Ray actors")
     p.add_argument("--keep-wrong", action="store_true",
                    help="also keep trajectories that end wrong, unanswered or mention a hint")
-    p.add_argument("--hint-after", type=int, default=1, help="wrong answers before the segment hint (default 1)")
-    p.add_argument("--video-qa-hint-after", type=int, default=2,
-                   help="wrong answers before the hint to use video_qa (default 2)")
-    p.add_argument("--max-attempts", type=int, default=3, help="answers before the teacher gives up (default 3)")
-    p.add_argument("--video-qa", choices=["offline", "openai", "none"], default="offline",
-                   help="video_qa backend of the episodes (default offline)")
+    p.add_argument("--hints", metavar="KIND,…",
+                   help="hints after each wrong or missing answer, in turn (default high,medium,low,video_qa: the "
+                   "high, medium, then low segments holding the clue, then use video_qa there; then it gives up; "
+                   "kinds: high, medium, low, video_qa, retry)")
+    p.add_argument("--price-per-input-token", type=float, metavar="USD",
+                   help="the teacher's price per prompt token, to report the cost (with --price-per-output-token)")
+    p.add_argument("--price-per-output-token", type=float, metavar="USD", help="price per completion token")
+    p.add_argument("--video-qa", choices=["demo", "offline", "openai", "none"], default="demo",
+                   help="video_qa backend of the episodes: openai (a vision-language model), offline (CPU: "
+                   "on-screen text, speech, subtitles, cuts), demo (the generated demo world only) or none "
+                   "(default demo)")
     p.add_argument("--video-qa-endpoint", help="OpenAI-compatible base URL of the vision-language model")
     p.add_argument("--video-qa-model", help="model name at --video-qa-endpoint")
     p.add_argument("--system-template", help="system prompt template file with {width} (default: ours)")

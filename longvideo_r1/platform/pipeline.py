@@ -38,6 +38,11 @@ STAGES = ("corpus", "captions", "model", "sft_data", "sft", "rl_data", "rl", "ev
 
 RL_CONTINUES = ("steps",)
 """rl keys whose change continues the RL stage instead of redoing it"""
+DATA_OPERATIONAL = ("concurrency", "price_per_input_token", "price_per_output_token")
+"""data keys that change how fast the teacher runs or what its cost report says, not the trajectories"""
+SFT_DATA_KEYS = ("teacher", "played", "kept", "failed", "correct_rate", "mean_rounds", "teacher_calls",
+                 "prompt_tokens", "completion_tokens", "teacher_seconds", "cost_usd", "seconds")
+"""what the summary keeps of the teacher's run"""
 RL_OPERATIONAL = ("val_every", "val_questions", "save_every", "reward_timeout_s")
 """rl keys that change what is logged or how often it is saved, not what is trained"""
 
@@ -135,7 +140,8 @@ def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> dict:
     from longvideo_r1.corpus.check import check_corpus, write_corpus
 
     _log("corpus", f"checking {c.annotations} ({c.format}) against the videos in {c.path}")
-    report = check_corpus(c.path, c.annotations, c.format, dataclasses.asdict(c.splits))
+    report = check_corpus(c.path, c.annotations, c.format,
+                          {"val": c.splits.val, "test": c.splits.test, "seed": c.splits.seed})
     if report.problems:
         shown = "\n".join(f"  {p.where}: qid {p.qid}: {p.field}: {p.message}" for p in report.problems[:20])
         more = f"\n  … and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
@@ -260,13 +266,19 @@ def sft_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, path: 
 
     d = config.data
     teacher = make_teacher(d.teacher, endpoint=d.endpoint, model=d.model)
-    backend = None
-    if d.video_qa != "none":
-        from longvideo_r1.agent.video_qa import make_video_qa
-        backend = make_video_qa(d.video_qa, **(d.video_qa_options if d.video_qa == "openai" else {}))
+    video_qa = None if d.video_qa == "none" else (d.video_qa, dict(d.video_qa_options) if d.video_qa == "openai" else {})
     summary = generate_sft(corpus_dir, store, teacher, path, split="train", max_rounds=d.max_rounds,
-                           video_qa=backend, progress=False)
-    _log("sft_data", f"{summary.get('kept', '?')} trajectories in {path}")
+                           video_qa=video_qa, progress=False, concurrency=d.concurrency,
+                           price_per_input_token=d.price_per_input_token,
+                           price_per_output_token=d.price_per_output_token)
+    if not summary["kept"] and not summary["skipped_existing"]:
+        raise InputError(f"sft_data: the {d.teacher} teacher answered none of the {summary.get('played')} training "
+                         f"questions correctly ({summary.get('failed')} failed), so there is nothing to train on; "
+                         "check the teacher endpoint and model (data.endpoint, data.model) and the captions")
+    cost = f", ${summary['cost_usd']:.2f}" if summary.get("cost_usd") is not None else ""
+    _log("sft_data", f"{summary['kept']} trajectories of {summary['played']} played in {path} "
+                     f"({summary.get('teacher_calls', 0)} teacher calls, {summary.get('prompt_tokens', 0)} + "
+                     f"{summary.get('completion_tokens', 0)} tokens{cost})")
     return summary
 
 
@@ -390,9 +402,11 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
 
         if config.sft.enabled:
             data_path = out / "data" / "sft.jsonl"
-            sft_data_fp = fingerprint("sft_data", corpus_fp, captions_fp, _section(config.data))
+            sft_data_fp = fingerprint("sft_data", corpus_fp, captions_fp, _section(config.data, drop=DATA_OPERATIONAL))
             stage("sft_data", sft_data_fp, data_path, [data_path],
-                  lambda run: sft_data_stage(config, corpus_dir, store, data_path))
+                  lambda run: sft_data_stage(config, corpus_dir, store, data_path),
+                  record=lambda summary: {"summary": {k: summary.get(k) for k in SFT_DATA_KEYS}})
+            result["sft_data"] = book.get("sft_data", "summary")
             if last <= STAGES.index("sft_data"):
                 return finish()
             from longvideo_r1.trainer.sft import train_sft

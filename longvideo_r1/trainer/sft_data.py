@@ -6,24 +6,39 @@ keep_malformed=True, last_round_note="append")``), so an SFT context is token fo
 policy sees in RL. Output: JSON lines, one trajectory each::
 
     {"qid", "video_id", "split", "task_type", "teacher", "correct", "answer", "rounds", "attempts",
-     "hints", "hint_leak", "invalid_rounds",
+     "hints", "hint_leak", "invalid_rounds", "calls", "prompt_tokens", "completion_tokens",
+     "call_seconds", "seconds",
      "messages": [system, user, assistant, user (observation), …, assistant], "costs": {…}}
 
-``messages`` is the cleaned, hint-free trajectory (see the teacher module for what is kept). Only
-trajectories that end in a correct answer (and whose reasoning does not mention a hint) are kept
-unless asked otherwise. The file is appended to: a rerun skips the questions already in it. A
-LLaMA-Factory copy (``sharegpt`` formatting: ``system`` plus ``conversations`` of ``human``/``gpt``
-turns, observations as ``human`` turns since they are user turns of the chat template) can be
-written with a matching ``dataset_info.json`` entry. LLaMA-Factory renders history with its own
-template; the exact RL-consistent tokenisation is :func:`longvideo_r1.trainer.batches.tokenize_trajectory`.
+``messages`` is the cleaned, hint-free trajectory (see the teacher module for what is kept);
+``calls``/``prompt_tokens``/``completion_tokens``/``call_seconds`` are what the teacher model used on
+the question (every call, wrong answers included; tokens as the server reported them) and
+``seconds`` the wall-clock time of the teacher episode. Only trajectories that end in a correct
+answer (and whose reasoning does not mention a hint) are kept unless asked otherwise. The file is
+appended to as results arrive, and only once there is something to write (a run that keeps nothing
+leaves no file behind): a rerun skips the questions already in it. A LLaMA-Factory copy (``sharegpt``
+formatting: ``system`` plus ``conversations`` of ``human``/``gpt`` turns, observations as ``human``
+turns since they are user turns of the chat template) can be written with a matching
+``dataset_info.json`` entry. LLaMA-Factory renders history with its own template; the exact
+RL-consistent tokenisation is :func:`longvideo_r1.trainer.batches.tokenize_trajectory`.
+
+Parallelism: with ``concurrency`` 1 the questions are played one after another in this process.
+With more, they are played on Ray (a local Ray is started, and stopped again, when none is running):
+a few actors (:class:`TeacherWorker`, started by :class:`~longvideo_r1.actors.ActorGroup`), each
+holding the caption-store tools, the video_qa backend and a copy of the teacher, and serving several
+questions at once on its threads; the driver keeps at most ``concurrency`` questions in flight in
+total and writes each result as it comes back. ``use_ray=False`` plays them on that many threads of
+this process instead.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -41,6 +56,10 @@ from longvideo_r1.trainer.splits import (
 
 MAX_FAILURES_IN_A_ROW = 5
 """questions failing one after another before the teacher run stops (an endpoint that is down)"""
+QUESTIONS_PER_ACTOR = 4
+"""questions in flight per Ray actor (threads), before another actor is started (CPUs permitting)"""
+USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "call_seconds")
+
 
 def trajectory_record(row: dict, split: str, teacher: str, result) -> dict:
     """One JSONL line from a :class:`~longvideo_r1.agent.teacher.TeacherResult`."""
@@ -52,7 +71,9 @@ def trajectory_record(row: dict, split: str, teacher: str, result) -> dict:
     return {"qid": row["qid"], "video_id": row["video_id"], "split": split, "task_type": row.get("task_type"),
             "teacher": teacher, "correct": episode.correct, "answer": episode.answer, "rounds": len(episode.turns),
             "attempts": result.attempts, "hints": list(result.hints), "hint_leak": result.hint_leak,
-            "invalid_rounds": result.invalid_rounds, "messages": messages, "costs": costs}
+            "invalid_rounds": result.invalid_rounds, "calls": result.calls, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "call_seconds": round(result.call_seconds, 4),
+            "seconds": round(result.seconds, 4), "messages": messages, "costs": costs}
 
 
 def read_sft_records(path: str | Path) -> list[dict]:
@@ -88,57 +109,241 @@ def _mean(values) -> float:
     return round(sum(values) / len(values), 2) if values else 0.0
 
 
+# ====================================================================== playing one question
+
+def play_question(teacher, tools, config, row: dict, split: str) -> dict:
+    """Play ``row`` with ``teacher``: ``{"qid", "record"}``, or ``{"qid", "error", "usage"}`` when it
+    failed with an :class:`InputError` (an endpoint error); other errors propagate."""
+    try:
+        result = teacher.run(Question.from_row(row), tools, config)
+    except InputError as exc:
+        usage = getattr(exc, "usage", None) or {}
+        return {"qid": row["qid"], "error": str(exc), "usage": {k: usage.get(k, 0) for k in USAGE_KEYS}}
+    return {"qid": row["qid"], "record": trajectory_record(row, split, getattr(teacher, "name", "teacher"), result)}
+
+
+def build_video_qa(video_qa):
+    """A video_qa backend from what :func:`generate_sft` was given: None, a backend, or a spec
+    (``"offline"``, ``("openai", {"endpoint": …, "model": …})``) built with ``make_video_qa``."""
+    if video_qa is None or video_qa == "none":
+        return None
+    if isinstance(video_qa, str):
+        video_qa = (video_qa, {})
+    if isinstance(video_qa, tuple) and len(video_qa) == 2 and isinstance(video_qa[0], str):
+        from longvideo_r1.agent.video_qa import make_video_qa
+
+        return make_video_qa(video_qa[0], **dict(video_qa[1] or {}))
+    return video_qa
+
+
+class TeacherWorker:
+    """The body of a Ray actor that plays SFT questions: the tools over the caption store, the video_qa
+    backend and a copy of the teacher, serving several questions at once (one per actor thread)."""
+
+    def __init__(self, store: str, video_ids: list[str], video_qa, teacher, config, split: str):
+        self.tools = open_tools(store, video_ids, build_video_qa(video_qa))
+        self.teacher = teacher
+        self.config = config
+        self.split = split
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def play(self, row: dict) -> dict:
+        return play_question(self.teacher, self.tools, self.config, row, self.split)
+
+
+def _in_process(teacher, tools, config, todo: list[dict], split: str, threads: int) -> Iterator[dict]:
+    if threads == 1:
+        for row in todo:
+            yield play_question(teacher, tools, config, row, split)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sft-teacher") as pool:
+        futures = [pool.submit(play_question, teacher, tools, config, row, split) for row in todo]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _check_shippable(teacher, video_qa) -> None:
+    """An :class:`InputError` unless the teacher and the video_qa backend can travel to Ray actors."""
+    from ray import cloudpickle
+
+    for thing, advice in ((teacher, "use a teacher made by make_teacher"),
+                          (video_qa, "pass the video_qa backend as a spec such as \"offline\" or "
+                                     "(\"openai\", {\"endpoint\": …, \"model\": …}) for each worker to build")):
+        try:
+            cloudpickle.dumps(thing)
+        except Exception as exc:
+            raise InputError(f"SFT data on Ray: {type(thing).__name__} cannot be sent to the Ray workers "
+                             f"({type(exc).__name__}: {exc}); {advice}, or play the questions in this process "
+                             "(concurrency 1, or use_ray=False)") from None
+
+
+def _start_local_ray(num_cpus: int | None) -> bool:
+    """Start a local Ray unless one is running; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    from longvideo_r1.logs import ray_log_to_driver
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(address="local", num_cpus=num_cpus or max(2, os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=ray_log_to_driver())
+    return True
+
+
+def _on_ray(teacher, store, video_ids, video_qa, config, todo: list[dict], split: str, concurrency: int,
+            ray_cpus: int | None) -> Iterator[dict]:
+    """Play ``todo`` on Ray actors, at most ``concurrency`` questions in flight; results as they come."""
+    import ray
+
+    from longvideo_r1.actors import ActorGroup
+
+    started = _start_local_ray(ray_cpus)
+    group = None
+    try:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = max(1, min(concurrency, cpus, math.ceil(concurrency / QUESTIONS_PER_ACTOR)))
+        threads = math.ceil(concurrency / actors)
+        group = ActorGroup(TeacherWorker, actors, (str(store), sorted(video_ids), video_qa, teacher, config, split),
+                           options={"num_cpus": 1, "max_concurrency": threads}, what="SFT teacher workers")
+        group.start()
+        queue = list(todo)
+        running: dict = {}                                  # ObjectRef -> slot
+        load = [0] * actors
+        while queue or running:
+            while queue and len(running) < concurrency:
+                slot = min(range(actors), key=lambda i: load[i])
+                running[group[slot].play.remote(queue.pop(0))] = slot
+                load[slot] += 1
+            done, _ = ray.wait(list(running), num_returns=1)
+            load[running.pop(done[0])] -= 1
+            yield ray.get(done[0])
+    finally:
+        if group is not None:
+            group.shutdown()
+        if started:
+            ray.shutdown()
+
+
+class _Output:
+    """The JSONL file, opened for appending at the first line written (so nothing kept, no file)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+
+    def write(self, record: dict) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def _price(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} {value!r}: give a price in US dollars per token, 0 or more (e.g. 1.25e-06)")
+    return float(value)
+
+
 def generate_sft(corpus_dir, store, teacher, out, split: str = "train", max_rounds: int = MAX_ROUNDS,
-                 workers: int = 1, keep_wrong: bool = False, video_qa=None,
-                 system_template: str = DEFAULT_SYSTEM_PROMPT, sharegpt=None, progress: bool = True) -> dict:
+                 keep_wrong: bool = False, video_qa=None,
+                 system_template: str = DEFAULT_SYSTEM_PROMPT, sharegpt=None, progress: bool = True, *,
+                 concurrency: int = 1, use_ray: bool | None = None,
+                 price_per_input_token: float | None = None, price_per_output_token: float | None = None,
+                 ray_cpus: int | None = None) -> dict:
     """Play ``teacher`` on every question of ``split`` not yet in ``out``, append the kept
-    trajectories to ``out`` and return a summary.
+    trajectories to ``out`` as they come and return a summary.
+
+    ``concurrency``: questions in flight at once. 1 plays them one by one in this process; more plays
+    them on Ray (``use_ray`` None or True; a local Ray of ``ray_cpus`` CPUs is started if none is
+    running) or, with ``use_ray=False``, on threads of this process.
+    ``video_qa``: a backend, or a spec (``"offline"``, ``("openai", {options})``) that each Ray worker
+    builds for itself (a backend object must pickle to go to Ray).
+    ``price_per_input_token``/``price_per_output_token`` (US dollars per token, both or neither) give
+    ``summary["cost_usd"]`` from the tokens the teacher's server reported; None when not given.
 
     Kept: trajectories ending in a correct answer and with no hint leak (all with ``keep_wrong``).
-    A question that fails (e.g. an endpoint error) is reported on one line on stderr and the
-    others go on (``summary["failed"]``); after 5 failures in a row the run stops with the last error.
+    Before any question is played the teacher's endpoint must answer (``teacher.check()``), else an
+    :class:`InputError` says what to do. A question that fails (e.g. an endpoint error) is reported on
+    one line on stderr and the others go on (``summary["failed"]``); after 5 failures in a row the run
+    stops with the last error.
     """
-    if workers < 1:
-        raise InputError(f"--workers {workers}: give 1 or more")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InputError(f"concurrency {concurrency!r}: give the number of questions to play at once, 1 or more")
+    price_in = _price("price_per_input_token", price_per_input_token)
+    price_out = _price("price_per_output_token", price_per_output_token)
+    if (price_in is None) != (price_out is None):
+        raise InputError("give both price_per_input_token and price_per_output_token (US dollars per token), "
+                         "or neither")
+    on_ray = concurrency > 1 if use_ray is None else bool(use_ray)
     config = episode_config(max_rounds, system_template)
     rows = load_corpus_split(corpus_dir, split)
-    tools = open_tools(store, {r["video_id"] for r in rows}, video_qa)
+    video_ids = {r["video_id"] for r in rows}
+    backend = None if on_ray else build_video_qa(video_qa)
+    tools = open_tools(store, video_ids, backend)      # every video must be in the store
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _resume(out)
     todo = [r for r in rows if r["qid"] not in done]
+    name = getattr(teacher, "name", "teacher")
+    check = getattr(teacher, "check", None)
+    if todo and check is not None:
+        check()
     t0 = time.perf_counter()
     kept, played, failed = [], [], []
+    usage = dict.fromkeys(USAGE_KEYS, 0)
     in_a_row = 0
-    name = getattr(teacher, "name", "teacher")
-    with open(out, "a", encoding="utf-8") as fh, ThreadPoolExecutor(max_workers=workers,
-                                                                       thread_name_prefix="sft-teacher") as pool:
-        futures = {pool.submit(teacher.run, Question.from_row(r), tools, config): r for r in todo}
-        for count, future in enumerate(as_completed(futures), start=1):
-            row = futures[future]
-            try:
-                result = future.result()
-            except InputError as exc:
-                failed.append(row["qid"])
+    output = _Output(out)
+    if not todo:
+        outcomes = iter(())
+    elif on_ray:
+        _check_shippable(teacher, video_qa)
+        outcomes = _on_ray(teacher, store, video_ids, video_qa, config, todo, split, concurrency, ray_cpus)
+    else:
+        outcomes = _in_process(teacher, tools, config, todo, split, concurrency)
+    try:
+        for count, outcome in enumerate(outcomes, start=1):
+            if "error" in outcome:
+                for key in USAGE_KEYS:
+                    usage[key] += outcome["usage"].get(key, 0)
+                failed.append(outcome["qid"])
                 in_a_row += 1
-                print(f"lvr1: error: question {row['qid']}: {exc}", file=sys.stderr, flush=True)
+                print(f"lvr1: error: question {outcome['qid']}: {outcome['error']}", file=sys.stderr, flush=True)
                 if in_a_row >= MAX_FAILURES_IN_A_ROW:
-                    for f in futures:
-                        f.cancel()
-                    raise InputError(f"stopping after {in_a_row} questions in a row failed "
-                                     f"({len(kept)} trajectories written to {out}; a rerun resumes); last: {exc}") \
-                        from None
+                    raise InputError(f"stopping after {in_a_row} questions in a row failed ({len(kept)} "
+                                     f"trajectories written to {out}; a rerun resumes); last: {outcome['error']}")
                 continue
             in_a_row = 0
-            record = trajectory_record(row, split, name, result)
+            record = outcome["record"]
+            for key in USAGE_KEYS:
+                usage[key] += record.get(key, 0)
             played.append(record)
             if keep_wrong or (record["correct"] and not record["hint_leak"]):
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                fh.flush()
+                output.write(record)
                 kept.append(record)
             if progress and (count % max(1, len(todo) // 10) == 0 or count == len(todo)):
                 print(f"[lvr1 data] {count}/{len(todo)} questions played, {len(kept)} kept", file=sys.stderr,
                       flush=True)
+    finally:
+        close = getattr(outcomes, "close", None)
+        if close is not None:
+            close()           # stops the threads or the Ray actors
+        output.close()
+    cost = None
+    if price_in is not None:
+        cost = round(usage["prompt_tokens"] * price_in + usage["completion_tokens"] * price_out, 6)
     summary = {
         "out": str(out), "split": split, "teacher": name, "questions": len(rows), "skipped_existing": len(done),
         "played": len(played), "kept": len(kept),
@@ -151,11 +356,15 @@ def generate_sft(corpus_dir, store, teacher, out, split: str = "train", max_roun
         "video_qa_per_trajectory": _mean(r["costs"]["video_qa_calls"] for r in kept),
         "mean_attempts": _mean(r["attempts"] for r in played),
         "hinted": sum(1 for r in played if r["hints"]),
+        "concurrency": concurrency, "ray": on_ray,
+        "teacher_calls": usage["calls"], "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"], "teacher_seconds": round(usage["call_seconds"], 3),
+        "cost_usd": cost,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if sharegpt:
         summary["sharegpt"] = str(sharegpt)
-        summary["dataset_info"] = str(write_sharegpt(read_sft_records(out), sharegpt))
+        summary["dataset_info"] = str(write_sharegpt(read_sft_records(out) if out.exists() else [], sharegpt))
     return summary
 
 
