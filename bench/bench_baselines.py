@@ -1,7 +1,7 @@
 """Every baseline navigator on the demo corpus: accuracy, rounds, calls, localisation F1, reward.
 
 Runs on the main job's output (`lvr1 pipeline --config configs/demo-cpu.yaml` writes
-runs/demo-cpu/corpus and runs/demo-cpu/store) with the offline video_qa backend, and prints a
+runs/demo-cpu/corpus and runs/demo-cpu/store) with the demo video_qa backend, and prints a
 Markdown table per split. The oracle walks to the clue intervals: with answers from the ground truth
 (the SFT teacher, 100% by construction) and from the evidence it read (what perfect navigation
 plus our heuristic reader achieves).
@@ -46,7 +46,7 @@ def main() -> None:
 
     run = Path(args.run)
     rows = [json.loads(line) for line in (run / "corpus" / "questions.jsonl").read_text().splitlines() if line]
-    tools = Tools(CaptionStore(run / "store"), make_video_qa("offline"))
+    tools = Tools(CaptionStore(run / "store"), make_video_qa("demo"))
     config = EpisodeConfig(max_rounds=args.max_rounds)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     for split in args.splits:

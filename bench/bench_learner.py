@@ -68,7 +68,7 @@ def make_data(args) -> str:
     run = Path(args.run)
     out = Path(tempfile.mkdtemp(prefix="bench-learner-")) / "sft.jsonl"
     summary = generate_sft(run / "corpus", run / "store", OracleTeacher(), out, split="train",
-                           video_qa=make_video_qa("offline"), progress=False)
+                           video_qa=make_video_qa("demo"), progress=False)
     print(f"SFT data: {summary['kept']} oracle trajectories of split train in {out} ({summary['seconds']} s)",
           file=sys.stderr, flush=True)
     return str(out)

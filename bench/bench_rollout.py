@@ -74,7 +74,7 @@ def run_one(model_name: str, args) -> dict:
     run = Path(args.run)
     rows = [json.loads(line) for line in (run / "corpus" / "questions.jsonl").read_text().splitlines() if line]
     questions = [Question.from_row(r) for r in rows][: max(1, args.episodes // args.n)]
-    tools = Tools(CaptionStore(run / "store"), make_video_qa("offline"))
+    tools = Tools(CaptionStore(run / "store"), make_video_qa("demo"))
     config = RolloutConfig(n=args.n, max_rounds=args.max_rounds, max_turn_tokens=args.turn_tokens,
                            temperature=1.0, max_response_tokens=16384, max_observation_tokens=2048)
     out = {"model": model_name, "episodes": len(questions) * args.n}

@@ -24,6 +24,7 @@ def asked(demo_corpus, tmp_path_factory):
     clues = [arg for a, b in q["clue_intervals"] for arg in ("--clue", f"{a}-{b}")]
     result = lvr1("ask", "--video", video, "--question", q["question"], "--options", *q["options"],
                   "--store", folder / "store", "--policy", "oracle", "--answer", q["answer"], *clues,
+                  "--captioner", "demo", "--video-qa", "demo",
                   "--trace-json", folder / "trace.json", "--timeline-png", folder / "map.png")
     return q, folder, video, result
 

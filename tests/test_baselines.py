@@ -10,7 +10,7 @@ import pytest
 from longvideo_r1.agent.episode import Question
 from longvideo_r1.agent.policies import ExhaustivePolicy, OraclePolicy, RandomPolicy, RetrievalPolicy
 from longvideo_r1.agent.tools import Tools, run_episode
-from longvideo_r1.agent.video_qa import OfflineVideoQA
+from longvideo_r1.agent.video_qa import DemoVideoQA
 from longvideo_r1.corpus import tree
 from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore
@@ -26,14 +26,14 @@ ORACLE_TARGETS = 6
 @pytest.fixture(scope="module")
 def store(demo_corpus, tmp_path_factory) -> CaptionStore:
     root = tmp_path_factory.mktemp("baselines") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "offline", progress=False)
+    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
     assert report.failed == {} and sorted(report.built) == sorted(demo_corpus.video_ids)
     return CaptionStore(root)
 
 
 @pytest.fixture(scope="module")
 def tools(store) -> Tools:
-    return Tools(store, OfflineVideoQA())
+    return Tools(store, DemoVideoQA())
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from longvideo_r1.corpus import tree
 from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore, read_manifest
 from tests.chat_server import ChatServer
-from tests.media import encode_ramp
+from tests.media import OPENCV_DATA, encode_ramp
 
 
 def make_videos(folder, count, frames=72):
@@ -51,6 +51,26 @@ def test_build_captions_every_segment_of_every_video(tmp_path):
     # the subtitle reached exactly the low segments whose sampled frames fall inside it
     with_sub = [ids for ids in tree.all_ids(4) if "hello there" in store.get("clip_00", ids).caption]
     assert with_sub and all(store.get("clip_00", ids).start <= 4.0 for ids in with_sub)
+
+
+def test_the_offline_captioner_builds_real_footage_with_its_speech(tmp_path):
+    """Megamind.avi (real dialogue) through build_store: the store records the captioner, and the
+    captions quote what is said where it is said (the build path asks for speech as caption_video does)."""
+    source = os.path.join(OPENCV_DATA, "Megamind.avi")
+    if not os.path.isfile(source):
+        pytest.skip(f"{source} is not installed (Debian package opencv-doc)")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    os.symlink(source, videos / "megamind.avi")
+    report = build_store(videos, tmp_path / "store", "offline", {"ocr": False}, progress=False,
+                         frames_per_level={"high": 16, "medium": 8, "low": 4})
+    assert report.built == ["megamind"] and not report.failed
+    store = CaptionStore(tmp_path / "store")
+    assert store.video("megamind").captioner == "offline"
+    captions = store.tree_captions("megamind")
+    relief = [c for c in captions if c.level == "low" and "relief" in c.caption]
+    assert relief and all(c.seg_start < 6.2 and c.seg_end > 4.3 for c in relief)
+    assert all(len(c.caption.split()) <= tree.WORD_BUDGET[c.level] for c in captions)
 
 
 def test_a_rerun_builds_only_new_videos(tmp_path):

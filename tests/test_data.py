@@ -1,6 +1,6 @@
 """Training data: teacher trajectories (oracle and a hinted chat model), verl RL rows, SFT tokenisation.
 
-Everything runs on the demo corpus and its offline caption store, the real Qwen3 tokenizer, the real
+Everything runs on the demo corpus and its demo caption store, the real Qwen3 tokenizer, the real
 rollout runner (fed the teacher's turns by a replaying engine) and a real chat server on 127.0.0.1.
 """
 
@@ -26,7 +26,7 @@ from longvideo_r1.agent.teacher import (
     make_teacher,
 )
 from longvideo_r1.agent.tools import Tools
-from longvideo_r1.agent.video_qa import OfflineVideoQA
+from longvideo_r1.agent.video_qa import DemoVideoQA
 from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore
 from longvideo_r1.errors import InputError
@@ -53,14 +53,14 @@ pytestmark = pytest.mark.slow   # captioning the demo corpus into a store takes 
 @pytest.fixture(scope="module")
 def store_root(demo_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "offline", progress=False)
+    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
     assert report.failed == {}
     return root
 
 
 @pytest.fixture(scope="module")
 def tools(store_root) -> Tools:
-    return Tools(CaptionStore(store_root), OfflineVideoQA())
+    return Tools(CaptionStore(store_root), DemoVideoQA())
 
 
 @pytest.fixture(scope="module")

@@ -226,7 +226,7 @@ def store(demo_corpus, tmp_path_factory):
     from longvideo_r1.corpus.build import build_store
 
     root = tmp_path_factory.mktemp("eval") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "offline", progress=False)
+    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
     assert report.failed == {}
     return root
 

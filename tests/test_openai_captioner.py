@@ -68,6 +68,21 @@ def test_system_prompt_states_the_word_budget_and_the_caption_wrapper():
     assert all("<caption>" in s and "</caption>" in s for s in (high, low))
 
 
+def test_system_prompt_asks_per_level_for_times_events_people_objects_text_and_low_setting():
+    with ChatServer() as srv:
+        caption_all(captioner(srv), [make_request(level=level, n=2) for level in ("high", "medium", "low")])
+    prompts = {r.system.split("one ")[1].split("-level")[0]: r.system for r in srv.requests}
+    assert set(prompts) == {"high", "medium", "low"}
+    for level, prompt in prompts.items():
+        assert f"{tree.WORD_BUDGET[level]} words" in prompt and "2 frames" in prompt
+        for asked in ("frame times in seconds", "what happens", "the people", "objects", "on-screen text"):
+            assert asked in prompt, (level, asked)
+    for setting in ("the setting", "lighting", "weather"):
+        assert setting in prompts["low"]
+        assert setting not in prompts["high"] and setting not in prompts["medium"]
+    assert "{" not in "".join(prompts.values())
+
+
 def test_a_custom_system_prompt_gets_its_placeholders_filled():
     with ChatServer() as srv:
         caption_all(captioner(srv, system_prompt="Describe {num_frames} frames of the {level} level in "

@@ -89,7 +89,7 @@ def test_the_demo_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path):
 def test_the_shipped_demo_config_loads_and_overrides_apply():
     config = load_config(DEMO_CONFIG, ["corpus.videos=3", "captions.shards=4"])
     assert config.corpus.videos == 3 and config.captions.shards == 4
-    assert config.captions.captioner == "offline"
+    assert config.captions.captioner == "demo"
 
 
 @pytest.mark.slow

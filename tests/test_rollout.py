@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from longvideo_r1.agent.protocol import LAST_ROUND_NOTE
 from longvideo_r1.rollout.chat import TRUNCATION_MARKER, ChatTokens

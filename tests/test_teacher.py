@@ -25,7 +25,7 @@ from longvideo_r1.agent.teacher import (
     make_teacher,
 )
 from longvideo_r1.agent.tools import Tools
-from longvideo_r1.agent.video_qa import OfflineVideoQA
+from longvideo_r1.agent.video_qa import DemoVideoQA
 from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore
 from longvideo_r1.errors import InputError
@@ -41,14 +41,14 @@ LIMIT = 4   # HintConfig().max_hint_segments
 @pytest.fixture(scope="module")
 def store_root(demo_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "offline", progress=False)
+    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
     assert report.failed == {}
     return root
 
 
 @pytest.fixture(scope="module")
 def tools(store_root) -> Tools:
-    return Tools(CaptionStore(store_root), OfflineVideoQA())
+    return Tools(CaptionStore(store_root), DemoVideoQA())
 
 
 def train_rows(demo_corpus) -> list[dict]:
@@ -313,7 +313,7 @@ def test_questions_run_on_ray_with_at_most_concurrency_in_flight_and_resume(demo
     out, sharegpt = tmp_path / "sft.jsonl", tmp_path / "lf" / "sft.json"
     with ChatServer(handler=Learner(rows, store_root, "low"), delay=0.25) as srv:
         teacher = make_teacher("openai", srv.base_url, "m")
-        summary = generate_sft(demo_corpus.root, store_root, teacher, out, concurrency=3, video_qa="offline",
+        summary = generate_sft(demo_corpus.root, store_root, teacher, out, concurrency=3, video_qa="demo",
                                sharegpt=sharegpt, progress=False)
         assert 1 < srv.max_in_flight <= 3
         calls = len(srv.requests)
@@ -363,7 +363,7 @@ def test_a_backend_that_cannot_travel_to_ray_is_named_before_ray_starts(demo_cor
     import ray
 
     out = tmp_path / "sft.jsonl"
-    with pytest.raises(InputError, match=r"OfflineVideoQA cannot be sent to the Ray workers.*as a spec such as"):
+    with pytest.raises(InputError, match=r"DemoVideoQA cannot be sent to the Ray workers.*as a spec such as"):
         generate_sft(demo_corpus.root, store_root, make_teacher("oracle"), out, concurrency=2,
-                     video_qa=OfflineVideoQA(), progress=False)
+                     video_qa=DemoVideoQA(), progress=False)
     assert not ray.is_initialized() and not out.exists()

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from longvideo_r1.agent import video_qa
-from longvideo_r1.agent.video_qa import (OfflineVideoQA, OpenAIVideoQA, clip_frames, extract_answer, low_part,
-                                         make_video_qa)
+from longvideo_r1.agent.video_qa import (VIDEO_QA_BACKENDS, DemoVideoQA, OfflineVideoQA, OpenAIVideoQA, clip_frames,
+                                         extract_answer, low_part, make_video_qa, offline_query_topics)
 from longvideo_r1.corpus import tree, video
 from longvideo_r1.corpus.store import VideoRecord
 from longvideo_r1.errors import InputError
+from longvideo_r1.corpus.speech import decode_audio
 from tests.chat_server import ChatServer, Fault
+from tests.test_offline_captioner import MEGAMIND, draw_text, need, read_clip, write_clip
 
 MODEL = "test-vlm"
 BITS = 8      # a frame's index is written as 8 black/white vertical stripes
@@ -195,10 +197,10 @@ def test_server_errors_are_input_errors_naming_the_endpoint(striped):
     assert len(srv.requests) == 1
 
 
-# ---------------------------------------------------------------- the offline backend on the demo corpus
+# ---------------------------------------------------------------- the demo backend on the demo corpus
 
 def record_of(demo_corpus, video_id: str) -> VideoRecord:
-    return VideoRecord.from_info(video.probe_video(demo_corpus.video(video_id)), "offline")
+    return VideoRecord.from_info(video.probe_video(demo_corpus.video(video_id)), "demo")
 
 
 def low_segment_holding(rec: VideoRecord, start: float, end: float) -> tuple[int, int, int]:
@@ -209,37 +211,37 @@ def low_segment_holding(rec: VideoRecord, start: float, end: float) -> tuple[int
 
 
 @pytest.fixture(scope="module")
-def offline_qa() -> OfflineVideoQA:
-    return OfflineVideoQA()
+def demo_qa() -> DemoVideoQA:
+    return DemoVideoQA()
 
 
-def test_offline_reads_the_sign_of_every_text_detail_question(demo_corpus, offline_qa):
+def test_demo_reads_the_sign_of_every_text_detail_question(demo_corpus, demo_qa):
     questions = [q for q in demo_corpus.questions() if q["task_type"] == "text_detail"]
     assert questions
     for q in questions:
         rec = record_of(demo_corpus, q["video_id"])
         sign = next(s for s in demo_corpus.script(q["video_id"])["signs"]
                     if [s["start"], s["end"]] == q["clue_intervals"][0])
-        text, seconds = offline_qa.answer(rec, low_segment_holding(rec, sign["start"], sign["end"]),
+        text, seconds = demo_qa.answer(rec, low_segment_holding(rec, sign["start"], sign["end"]),
                                           "What word is written on the sign?")
         assert f'"{sign["text"]}"' in text, (q["qid"], text)
         assert seconds >= 0
 
 
-def test_offline_names_the_background_colour(demo_corpus, offline_qa):
+def test_demo_names_the_background_colour(demo_corpus, demo_qa):
     vid = demo_corpus.video_ids[0]
     rec = record_of(demo_corpus, vid)
     checked = 0
     for scene in demo_corpus.script(vid)["scenes"]:
         ids = low_segment_holding(rec, scene["start"] + 2, scene["start"] + 3)
-        text, _ = offline_qa.answer(rec, ids, "What colour is the background?")
+        text, _ = demo_qa.answer(rec, ids, "What colour is the background?")
         assert re.search(rf"the background is {scene['background']}\.", text), (scene, text)
         assert "sign" not in text and "says" not in text   # the answer sticks to the question
         checked += 1
     assert checked >= 3
 
 
-def test_offline_follows_a_scene_change_after_a_line_of_dialogue(demo_corpus, offline_qa):
+def test_demo_follows_a_scene_change_after_a_line_of_dialogue(demo_corpus, demo_qa):
     checked = 0
     for q in demo_corpus.questions():
         if q["task_type"] != "after_dialogue" or "new background" not in q["question"]:
@@ -249,29 +251,29 @@ def test_offline_follows_a_scene_change_after_a_line_of_dialogue(demo_corpus, of
         new = q["options"]["ABCD".index(q["answer"])]
         change = next(s["start"] for s in script["scenes"] if s["background"] == new and
                       q["clue_intervals"][0][0] < s["start"] <= q["clue_intervals"][0][1])
-        text, _ = offline_qa.answer(rec, low_segment_holding(rec, change - 0.5, change + 0.5), q["question"])
+        text, _ = demo_qa.answer(rec, low_segment_holding(rec, change - 0.5, change + 0.5), q["question"])
         assert re.search(rf"changes to {new}\b|background is {new}\b", text), (q["qid"], text)
         checked += 1
     assert checked >= 1
 
 
-def test_offline_quotes_dialogue_and_describes_shapes(demo_corpus, offline_qa):
+def test_demo_quotes_dialogue_and_describes_shapes(demo_corpus, demo_qa):
     vid = demo_corpus.video_ids[0]
     rec = record_of(demo_corpus, vid)
     script = demo_corpus.script(vid)
     line = script["lines"][0]
     ids = low_segment_holding(rec, line["start"], line["start"] + 1)
-    text, _ = offline_qa.answer(rec, ids, "What does the person say?")
+    text, _ = demo_qa.answer(rec, ids, "What does the person say?")
     assert f'"{line["text"]}"' in text
     scene = next(s for s in script["scenes"] if s["end"] - s["start"] > 8)
     ids = low_segment_holding(rec, scene["start"] + 3, scene["start"] + 5)
-    text, _ = offline_qa.answer(rec, ids, "Which shapes move, and in which direction?")
+    text, _ = demo_qa.answer(rec, ids, "Which shapes move, and in which direction?")
     assert any(shape["colour"] in text for shape in scene["shapes"])
-    general, _ = offline_qa.answer(rec, ids, "Describe the clip.")
+    general, _ = demo_qa.answer(rec, ids, "Describe the clip.")
     assert "background is" in general
 
 
-def test_offline_video_qa_never_opens_generator_files(demo_corpus, offline_qa):
+def test_demo_video_qa_never_opens_generator_files(demo_corpus, demo_qa):
     opened: list[str] = []
     watching = [True]
 
@@ -283,15 +285,61 @@ def test_offline_video_qa_never_opens_generator_files(demo_corpus, offline_qa):
     video_qa.clear_caches()
     sys.addaudithook(audit)
     try:
-        offline_qa.answer(rec, (1, 1, 1), "What is written on the sign?")
+        demo_qa.answer(rec, (1, 1, 1), "What is written on the sign?")
     finally:
         watching[0] = False  # audit hooks cannot be removed; this one goes quiet
     assert any(p.endswith(".srt") for p in opened)
     assert not [p for p in opened if p.startswith(str(demo_corpus.root / "generator"))]
 
 
+# ---------------------------------------------------------------- the offline backend on real footage
+
+SIGN = "PLATFORM 9"
+
+
+@pytest.fixture(scope="module")
+def talking_clip(tmp_path_factory) -> VideoRecord:
+    """8 s of Megamind.avi (10 fps) with its own dialogue track, and a sign drawn on it from 6 s to 7.5 s."""
+    frames, fps = read_clip(need(MEGAMIND), seconds=8.0, size=(360, 264), fps=10.0)
+    audio = decode_audio(MEGAMIND)[: 8 * 16_000]
+    path = write_clip(tmp_path_factory.mktemp("talk") / "talk.mp4", draw_text(frames, fps, SIGN, 6.0, 7.5), fps,
+                      audio=audio)
+    return VideoRecord.from_info(video.probe_video(path), "offline")
+
+
+def test_offline_answers_a_text_query_with_the_text_read_and_its_time(talking_clip):
+    qa = OfflineVideoQA()
+    ids = low_segment_holding(talking_clip, 6.5, 6.7)
+    text, seconds = qa.answer(talking_clip, ids, "What is written on the screen?")
+    match = re.search(r'On-screen text "([^"]+)" is shown (?:at|from) ([\d.]+) s', text)
+    assert match and match.group(1).replace(" ", "") == SIGN.replace(" ", ""), text
+    assert 6.0 <= float(match.group(2)) < 7.5
+    assert "voice" not in text and seconds > 0            # the answer sticks to what was asked
+    text, _ = qa.answer(talking_clip, low_segment_holding(talking_clip, 2.0, 2.1), "What does the sign say?")
+    assert "No on-screen text is read in this clip." in text
+
+
+def test_offline_answers_a_speech_query_with_the_words_said_in_the_clip(talking_clip):
+    qa = OfflineVideoQA()
+    text, _ = qa.answer(talking_clip, low_segment_holding(talking_clip, 5.0, 5.1), "What does the woman say?")
+    assert re.search(r'a voice says: "Oh, that\'s a relief', text), text   # Whisper's words, heard once
+    assert "judge" not in text and "On-screen" not in text   # only the speech of this clip, nothing else
+    text, _ = qa.answer(talking_clip, low_segment_holding(talking_clip, 1.0, 1.1), "Describe the clip.")
+    assert "book" in text and "cover" in text and "the picture is dark" in text
+
+
+def test_offline_query_topics():
+    assert offline_query_topics("What is written on the sign?") == ["text"]
+    assert offline_query_topics("What does he say after the title appears?") == ["speech", "text"]
+    assert offline_query_topics('Who shouts "read the sign"?') == ["speech"]   # quotes are content
+    assert offline_query_topics("What colour is the car?") == []
+
+
 def test_make_video_qa():
-    assert isinstance(make_video_qa("offline", ocr=False), OfflineVideoQA)
+    assert VIDEO_QA_BACKENDS == ("demo", "offline", "openai")
+    assert isinstance(make_video_qa("demo", ocr=False), DemoVideoQA) and make_video_qa("demo").name == "demo"
+    offline = make_video_qa("offline", ocr=False)
+    assert isinstance(offline, OfflineVideoQA) and offline.name == "offline"
     qa = make_video_qa("openai", endpoint="http://127.0.0.1:9/v1", model=MODEL, api_key="sk-hidden")
     assert isinstance(qa, OpenAIVideoQA) and qa.name == "openai" and "sk-hidden" not in repr(qa)
     with pytest.raises(InputError, match="video_qa backend 'magic' is unknown"):

@@ -2,15 +2,19 @@
 
 ``video_qa((h, m, l), "query")`` (PROTOCOL §2) samples ``num_frames`` frames (16) evenly across the
 low segment, shrinks them so the longest side is at most ``max_side`` (1024 px) and asks a model.
-Two backends implement :class:`VideoQA`:
+Three backends implement :class:`VideoQA` (:data:`VIDEO_QA_BACKENDS`):
 
 - :class:`OpenAIVideoQA`: any OpenAI-compatible vision-language endpoint, with the reference tool's
   request shape: a system prompt asking for reasoning in ``<reasoning>`` and the answer in
   ``<answer>``, then one user message holding the query followed, frame by frame, by a text part
   ``Video frame at {t} seconds:`` and the frame as a JPEG data URL. Only the answer comes back.
-- :class:`OfflineVideoQA`: the offline captioner's eyes (colour, shape and panel analysis, RapidOCR,
-  subtitles) on the same frames, with an answer focused on what the query asks about. It runs on a
-  CPU and sees only pixels and subtitles, never generator metadata.
+- :class:`OfflineVideoQA`: real footage on a CPU, from the offline captioner's signals only: on-screen
+  text (RapidOCR) with times, the speech heard during the clip (Whisper, transcribed once per
+  video), subtitles, cuts, brightness and motion, with an answer focused on what the query asks
+  (written text, or what is said); it cannot say what happens or who is on screen.
+- :class:`DemoVideoQA`: the demo captioner's eyes (colour, shape and panel analysis, RapidOCR,
+  subtitles) for the generated demo videos only. It sees only pixels and subtitles, never
+  generator metadata.
 
 Which frames form a clip (``split``)
 ------------------------------------
@@ -41,7 +45,8 @@ import numpy as np
 
 from longvideo_r1.corpus import tree
 from longvideo_r1.corpus.captioners import CaptionRequest
-from longvideo_r1.corpus.captioners.offline import OfflineCaptioner, detail_sentences
+from longvideo_r1.corpus.captioners.demo import DemoCaptioner, detail_sentences
+from longvideo_r1.corpus.captioners.offline import OfflineCaptioner, absence_sentence, finding_sentences
 from longvideo_r1.corpus.store import VideoRecord
 from longvideo_r1.corpus.video import open_reader, parse_srt, read_frames, resize_max_side, subtitles_at
 from longvideo_r1.errors import InputError
@@ -50,6 +55,7 @@ from longvideo_r1.openai_client import ChatClient, encode_jpeg
 NUM_FRAMES = 16
 MAX_SIDE = 1024
 SPLITS = ("flat", "nested")
+VIDEO_QA_BACKENDS = ("demo", "offline", "openai")
 
 DEFAULT_SYSTEM_PROMPT = """\
 You look at a short clip cut from a longer video and answer one question about it. The user gives \
@@ -277,7 +283,7 @@ class OpenAIVideoQA:
 
 
 # What a query asks about, matched on its words outside quotes (a quoted line of dialogue is content,
-# not a request). Topic names are those of ``offline.detail_sentences``.
+# not a request). Topic names are those of ``demo.detail_sentences``.
 _TOPIC_WORDS = {
     "signs": r"signs?|texts?|words?|written|writing|numbers?|digits?|reads?|reading|labels?|letters?|"
              r"displayed|shown on|spell\w*",
@@ -311,15 +317,15 @@ def _secs(t: float) -> str:
     return f"{t:.1f}".rstrip("0").rstrip(".") + " s"
 
 
-class OfflineVideoQA:
-    """video_qa on the CPU with the offline captioner's analysis of the clip's frames and subtitles.
+class DemoVideoQA:
+    """video_qa for the generated demo videos, with the demo captioner's analysis of frames and subtitles.
 
     The answer gathers what the frames show about the topics the query names (sign text, dialogue,
     background colour, shapes), in the query's order; a query naming none gets the full description.
     The seconds returned are the analysis time (frame decoding excluded).
     """
 
-    name = "offline"
+    name = "demo"
 
     def __init__(self, num_frames: int = NUM_FRAMES, max_side: int = MAX_SIDE, split: str = "flat",
                  ocr: bool = True, ocr_min_score: float = 0.6):
@@ -327,7 +333,7 @@ class OfflineVideoQA:
         self.num_frames = num_frames
         self.max_side = max_side
         self.split = split
-        self._eyes = OfflineCaptioner(ocr=ocr, ocr_min_score=ocr_min_score,
+        self._eyes = DemoCaptioner(ocr=ocr, ocr_min_score=ocr_min_score,
                                       frames_per_level={"low": num_frames})
         self._lock = threading.Lock()  # the OCR engine and its cache are shared state
 
@@ -366,10 +372,101 @@ class OfflineVideoQA:
         return " ".join(sentences)
 
 
+# What a query about real footage asks for, matched outside quotes as above.
+_OFFLINE_TOPIC_WORDS = {
+    "text": r"signs?|texts?|words?|written|writing|writes?|numbers?|digits?|reads?|reading|labels?|letters?|"
+            r"titles?|captions?|banners?|posters?|displayed|shown on|on[- ]screen|spell\w*",
+    "speech": r"say|says|said|saying|speak\w*|spoke\w*|dialog\w*|talk\w*|subtitles?|mention\w*|hear\w*|"
+              r"voices?|conversation|tell\w*|told|asks?|asked|answers?|repl\w*|lines?|shout\w*|whisper\w*",
+}
+_OFFLINE_TOPIC_RE = {topic: re.compile(rf"\b(?:{words})\b", re.I) for topic, words in _OFFLINE_TOPIC_WORDS.items()}
+
+
+def offline_query_topics(query: str) -> list[str]:
+    """``text`` and/or ``speech`` when the query asks about them, in the query's order; [] otherwise."""
+    text = _QUOTED.sub(" ", query)
+    found = sorted((m.start(), topic) for topic, pattern in _OFFLINE_TOPIC_RE.items()
+                   if (m := pattern.search(text)))
+    return [topic for _, topic in found]
+
+
+class OfflineVideoQA:
+    """video_qa on real footage on the CPU, from the offline captioner's signals.
+
+    The clip's 16 frames give the on-screen text (with times), cuts, brightness and motion; its
+    subtitles come with the frames; its speech is the video's transcription (made once per video by
+    :func:`longvideo_r1.corpus.speech.transcribe`) cut to the clip's span. A query about written
+    text gets the text, one about what is said gets speech and subtitles, any other query gets
+    everything. It cannot say what happens or who is on screen (that needs the ``openai``
+    backend). The seconds returned are the analysis time, transcription included when this call
+    made it (frame decoding excluded).
+    """
+
+    name = "offline"
+
+    def __init__(self, num_frames: int = NUM_FRAMES, max_side: int = MAX_SIDE, split: str = "flat",
+                 ocr: bool = True, speech: bool = True, ocr_min_score: float = 0.8):
+        _check_options(num_frames, max_side, split)
+        self.num_frames = num_frames
+        self.max_side = max_side
+        self.split = split
+        self.speech = speech
+        self._eyes = OfflineCaptioner(ocr=ocr, speech=speech, ocr_min_score=ocr_min_score,
+                                      ocr_frames={"low": num_frames}, frames_per_level={"low": num_frames})
+        self._lock = threading.Lock()  # the OCR engine is shared state
+
+    def answer(self, video: VideoRecord, ids, query: str) -> tuple[str, float]:
+        query = _check_query(query)
+        ids = _check_clip_ids(video, ids)
+        frames, times, subtitles = clip_frames(video, ids, self.num_frames, self.max_side, self.split)
+        part = low_part(video.num_frames, video.width, ids, self.split)
+        start, end = part[0] / video.fps, (part[-1] + 1) / video.fps
+        with self._lock:
+            started = time.perf_counter()
+            spoken = []
+            if self.speech:
+                from longvideo_r1.corpus.speech import transcribe
+                try:
+                    spoken = [(s.start, s.end, s.text) for s in transcribe(video.source_path)
+                              if s.start < end and s.end > start]
+                except InputError as exc:
+                    raise InputError(f"video {video.video_id}: {exc}") from None
+            request = CaptionRequest(video.video_id, "low", ids, frames, times, subtitles, speech=spoken)
+            findings = self._eyes.analyse(request)
+            text = self._write(query, findings)
+            seconds = time.perf_counter() - started
+        return text, seconds
+
+    @staticmethod
+    def _write(query: str, findings) -> str:
+        topics = finding_sentences(findings, "low")
+        t0, t1 = findings.span
+        sentences = [f"The clip runs from {_secs(t0)} to {_secs(t1)}." if t1 > t0 else
+                     f"The clip is a single frame at {_secs(t0)}."]
+        asked = offline_query_topics(query)
+        if not asked:
+            sentences += topics["look"] + topics["cuts"] + topics["text"]
+            absent = absence_sentence(findings)
+            if absent:
+                sentences.append(absent)
+            return " ".join(sentences + topics["speech"] + topics["subtitles"])
+        for topic in asked:
+            if topic == "text":
+                sentences += topics["text"] or ["No on-screen text is read in this clip."]
+            else:
+                heard = topics["speech"] + topics["subtitles"]
+                sentences += heard or ["No speech is heard and no subtitle is shown in this clip."]
+        return " ".join(sentences)
+
+
 def make_video_qa(kind: str, **options) -> VideoQA:
-    """Build a video_qa backend by name (``offline`` or ``openai``) from keyword options."""
+    """Build a video_qa backend by name (one of :data:`VIDEO_QA_BACKENDS`) from keyword options."""
+    if kind == "demo":
+        return DemoVideoQA(**options)
     if kind == "offline":
         return OfflineVideoQA(**options)
     if kind == "openai":
         return OpenAIVideoQA(**options)
-    raise InputError(f"video_qa backend {kind!r} is unknown: choose 'offline' or 'openai'")
+    raise InputError(f"video_qa backend {kind!r} is unknown: choose 'openai' (a vision-language endpoint), "
+                     "'offline' (on-screen text, speech, cuts, brightness and motion of real footage) or "
+                     "'demo' (the generated demo videos only)")

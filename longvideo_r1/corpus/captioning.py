@@ -1,7 +1,10 @@
 """Caption one video: decode each segment's sampled frames and hand them to a captioner.
 
 Frames are decoded level by level and streamed to the captioner as a lazy sequence of
-:class:`CaptionRequest`, so memory holds only what the captioner keeps in flight.
+:class:`CaptionRequest`, so memory holds only what the captioner keeps in flight. A captioner whose
+``wants_speech`` attribute is true also gets, in each request, the speech heard during the segment:
+the video is transcribed once (:func:`longvideo_r1.corpus.speech.transcribe`) and every request
+receives the spoken segments that overlap its part of the video.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ def caption_video(info: VideoInfo, captioner: Captioner,
     segments = tree.build_segments(info.num_frames, info.fps, info.width, frames_per_level)
     subs = parse_srt(info.subtitle_path) if info.subtitle_path else []
     reader = open_reader(info.path)
+    spoken = []
+    if getattr(captioner, "wants_speech", False):
+        from longvideo_r1.corpus.speech import transcribe
+        spoken = transcribe(info.path)
 
     def requests() -> Iterator[CaptionRequest]:
         for seg in segments:
@@ -56,9 +63,11 @@ def caption_video(info: VideoInfo, captioner: Captioner,
             unique, inverse = np.unique(np.asarray(seg.frame_ids), return_inverse=True)
             decoded = read_frames(reader, unique, info.path)
             frames = np.stack([resize_max_side(f, max_side[seg.level]) for f in decoded])[inverse]
+            start, end = seg.first_frame / info.fps, (seg.last_frame + 1) / info.fps
             yield CaptionRequest(info.video_id, seg.level, seg.ids, frames, list(seg.frame_time),
                                  [subtitles_at(subs, t) for t in seg.frame_time],
-                                 tree.WORD_BUDGET[seg.level])
+                                 tree.WORD_BUDGET[seg.level],
+                                 [(s.start, s.end, s.text) for s in spoken if s.start < end and s.end > start])
 
     captions = list(captioner.caption_many(requests()))
     if len(captions) != len(segments):

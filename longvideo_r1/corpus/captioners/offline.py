@@ -1,166 +1,138 @@
-"""A captioner that runs on the CPU with no language model: it reads the pixels and the subtitles.
+"""The offline captioner for real footage: it reports only what general signals find, with times.
 
-For every frame it names the background colour (the most common colour on the frame border), finds
-coloured objects (connected components of one named colour), classifies their shape from geometry,
-and spots light panels with dark writing, which it reads with RapidOCR. Across a segment's frames it
-follows the background over time, the motion of each object and the signs shown; then it writes
-English sentences whose detail depends on the level: low captions give the full detail with times
-(sign text, shapes, quoted dialogue), medium captions summarise scenes, high captions stay coarse.
+No model that can say what happens in a video, who is in it or what objects it shows ships in a
+package (STACK.md), so on a CPU with nothing downloaded a caption can only hold what simpler signals
+measure reliably:
 
-It sees only what a vision-language captioner would see: ``request.frames``, ``request.frame_time``
-and ``request.subtitles``. It never looks at file names or any generator metadata.
+- on-screen text, read by RapidOCR on some of the sampled frames, kept only when the reader is
+  confident, and merged across frames into "shown from a to b" spans;
+- speech, transcribed once per video by Whisper tiny.en (``corpus.speech``) and handed to each
+  request as the segments overlapping its part (``request.speech``; this captioner sets
+  ``wants_speech``);
+- subtitle lines (``request.subtitles``, from the SRT file beside the video);
+- cuts: a large colour-histogram jump between consecutive sampled frames;
+- brightness (dark, dim, well lit, bright) from the mean luma of each frame, and motion (little,
+  some, much) from the mean absolute difference of consecutive frames within a shot.
+
+Low captions give every finding with its time; medium and high captions summarise more coarsely, all
+within the level's word budget (``request.word_budget``). It never describes colours or shapes, and
+when it finds nothing notable it says so. It sees only the request: frames, their times, subtitles
+and speech, never a file name. Real descriptions of the action need a VLM (the ``openai`` captioner).
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+import difflib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
-from scipy import ndimage
+from PIL import Image
 
 from longvideo_r1.corpus.captioners import CaptionRequest
+from longvideo_r1.errors import InputError
 
-# Typical RGB values of colour names. "white" and "black" are kept apart: light panels with dark
-# writing are read as signs, not as shapes.
-COLOUR_NAMES = {
-    "red": (210, 40, 40), "orange": (240, 140, 20), "yellow": (240, 215, 40), "green": (50, 160, 60),
-    "teal": (20, 140, 140), "blue": (40, 80, 210), "navy": (25, 35, 100), "purple": (120, 50, 170),
-    "pink": (240, 120, 190), "brown": (125, 75, 35), "gray": (120, 120, 120), "white": (245, 245, 245),
-    "black": (15, 15, 15), "cyan": (80, 200, 235), "lime": (160, 230, 50), "maroon": (100, 20, 35),
-}
-_NAMES = list(COLOUR_NAMES)
-_WHITE, _BLACK = _NAMES.index("white"), _NAMES.index("black")
-_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+THUMB = (64, 36)            # (width, height) of the grey thumbnail behind the difference measures
+HIST_BITS = 3               # colour histogram of 8 x 8 x 8 bins
+# A cut: the colour histograms of two consecutive sampled frames share less than 70 % of their mass,
+# or a smaller histogram jump comes with most of the picture changing. Calibrated on the packaged
+# clips (continuous shots stay below 0.15 between frames 2 s apart; their cuts reach 0.26-0.75).
+CUT_HISTOGRAM = 0.3
+CUT_HISTOGRAM_WITH_CHANGE = 0.15
+CUT_CHANGE = 35.0
+# Mean absolute grey difference (0-255) between consecutive frames of one shot.
+STILL_BELOW, MUCH_FROM = 3.0, 12.0
+# Mean luma (0-255) of a frame: below 40 dark, below 90 dim, from 170 bright, otherwise well lit.
+LIGHT_LEVELS = ((40.0, "dark"), (90.0, "dim"), (170.0, "well lit"), (256.0, "bright"))
+# A frame whose thumbnail differs from the last one read by less than this everywhere shows the same
+# text: its OCR result is reused.
+SAME_FRAME_MAX_DIFF = 6.0
 
-
-def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    c = rgb / 255.0
-    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-    xyz = c @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
-    xyz /= np.array([0.9505, 1.0, 1.089])
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
-
-
-def _colour_table() -> np.ndarray:
-    """Name index of every 5-bit-per-channel RGB cell (nearest name in CIELAB), as a flat lookup."""
-    levels = (np.arange(32) * 8 + 4).astype(float)
-    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
-    names = _srgb_to_lab(np.array(list(COLOUR_NAMES.values()), float))
-    cells = _srgb_to_lab(grid)
-    return np.argmin(((cells[:, None, :] - names[None, :, :]) ** 2).sum(-1), axis=1).astype(np.uint8)
+_QUOTE_WORDS = {"low": 45, "medium": 30, "high": 25}     # longest quote of speech or a subtitle
+_LIST_ITEMS = {"low": 12, "medium": 8, "high": 6}       # most texts or cuts named one by one
 
 
-_TABLE: np.ndarray | None = None
-
-
-def name_pixels(frame: np.ndarray) -> np.ndarray:
-    """``(H, W)`` array of colour-name indices (into :data:`COLOUR_NAMES`) for an RGB frame."""
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _colour_table()
-    f = frame.astype(np.uint16) >> 3
-    return _TABLE[(f[..., 0] << 10) | (f[..., 1] << 5) | f[..., 2]]
-
-
-# ---------------------------------------------------------------- one frame
+# ---------------------------------------------------------------- what the signals found
 
 @dataclass
-class Thing:
-    colour: str
-    kind: str | None     # circle, square, triangle, rectangle, shape; None when cut by the frame edge
-    x: float             # centroid as fractions of the frame width / height
-    y: float
+class TextSeen:
+    """One piece of on-screen text and the spans of time it was read in."""
+
+    text: str
+    score: float
+    spans: list[list[float]] = field(default_factory=list)   # [[first seen, last seen], ...]
 
 
 @dataclass
-class FrameLook:
-    time: float
-    background: str
-    things: list[Thing] = field(default_factory=list)
-    panels: list[tuple[int, int, int, int]] = field(default_factory=list)   # x0, y0, x1, y1 in pixels
-    texts: list[str] = field(default_factory=list)
+class Findings:
+    """Everything the signals found in one request, with times in seconds."""
+
+    times: list[float]                       # the distinct frames analysed
+    light: list[str]                         # brightness word of each of those frames
+    cuts: list[tuple[float, float]]          # (last frame before, first frame after)
+    motion: str | None                       # little / some / much; None with a single frame
+    texts: list[TextSeen]
+    speech: list[tuple[float, float, str]]
+    subtitles: list[tuple[str, float, float]]
+    span: tuple[float, float]
+
+    @property
+    def notable(self) -> bool:
+        return bool(self.cuts or self.texts or self.speech or self.subtitles)
 
 
-def _shape_kind(mask: np.ndarray) -> str:
-    h, w = mask.shape
-    fill = mask.sum() / (h * w)
-    if 0.3 <= fill <= 0.68:
-        rows = mask.sum(1)
-        top, bottom = rows[: max(1, h // 4)].mean(), rows[-max(1, h // 4):].mean()
-        if top < 0.6 * bottom or bottom < 0.6 * top:
-            return "triangle"
-    if 0.68 < fill <= 0.89:
-        return "circle"
-    if fill > 0.89:
-        return "square" if 0.8 <= w / h <= 1.25 else "rectangle"
-    return "shape"
+def _light_word(luma: float) -> str:
+    return next(word for limit, word in LIGHT_LEVELS if luma < limit)
 
 
-def look_at(frame: np.ndarray, time: float) -> FrameLook:
-    """Background colour, coloured objects and sign-like panels of one frame."""
-    names = name_pixels(frame)
-    h, w = names.shape
-    border = np.concatenate([names[0], names[-1], names[:, 0], names[:, -1]])
-    bg = int(np.bincount(border, minlength=len(_NAMES)).argmax())
-    look = FrameLook(time, _NAMES[bg])
-    min_area = max(12, int(0.0025 * h * w))
+def _frame_signature(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised colour histogram and a small grey thumbnail (float32) of one RGB frame."""
+    step = max(1, int(np.sqrt(frame.shape[0] * frame.shape[1] / 20_000)))
+    q = frame[::step, ::step] >> (8 - HIST_BITS)
+    bins = (q[..., 0].astype(np.int32) << (2 * HIST_BITS)) | (q[..., 1].astype(np.int32) << HIST_BITS) | q[..., 2]
+    hist = np.bincount(bins.ravel(), minlength=1 << (3 * HIST_BITS)).astype(np.float32)
+    hist /= max(1.0, hist.sum())
+    thumb = np.asarray(Image.fromarray(np.ascontiguousarray(frame)).convert("L").resize(THUMB, Image.BILINEAR),
+                       np.float32)
+    return hist, thumb
 
-    # Sign-like regions: a light, neutral blob holding dark strokes (a panel with writing on it).
-    if bg != _WHITE:
-        light = names == _WHITE
-        labels, n = ndimage.label(light)
-        for i, box in enumerate(ndimage.find_objects(labels), start=1):
-            bh, bw = box[0].stop - box[0].start, box[1].stop - box[1].start
-            if bh < 0.08 * h or bw < bh or bh * bw < 0.01 * h * w:
-                continue
-            inside = names[box]
-            dark = (inside == _BLACK).mean()
-            if (labels[box] == i).mean() > 0.35 and 0.03 <= dark <= 0.6:
-                look.panels.append((box[1].start, box[0].start, box[1].stop, box[0].stop))
 
-    counts = np.bincount(names.ravel(), minlength=len(_NAMES))
-    for c in np.flatnonzero(counts >= min_area):
-        if c in (bg, _WHITE, _BLACK):
-            continue
-        mask = ndimage.binary_opening(names == c)  # drops the thin colour fringes of compressed edges
-        labels, n = ndimage.label(mask)
-        if n == 0:
-            continue
-        areas = np.bincount(labels.ravel())
-        for i, box in enumerate(ndimage.find_objects(labels), start=1):
-            if areas[i] < min_area:
-                continue
-            y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
-            if any(px0 - 3 <= x0 and x1 <= px1 + 3 and py0 - 3 <= y0 and y1 <= py1 + 3
-                   for px0, py0, px1, py1 in look.panels):
-                continue
-            part = labels[box] == i
-            # The outline is only trustworthy when the object is whole: not cut by the frame edge,
-            # and not overlapped by another object or a panel (its surroundings are all background).
-            cut = y0 == 0 or x0 == 0 or y1 == h or x1 == w
-            if not cut:
-                # look at a ring 3-5 px out, past the blended colours that compression leaves at edges
-                ya, yb, xa, xb = max(0, y0 - 5), min(h, y1 + 5), max(0, x0 - 5), min(w, x1 + 5)
-                own = labels[ya:yb, xa:xb] == i
-                ring = ndimage.binary_dilation(own, iterations=5) & ~ndimage.binary_dilation(own, iterations=2)
-                cut = (names[ya:yb, xa:xb][ring] == bg).mean() < 0.85
-            yy, xx = np.nonzero(part)
-            look.things.append(Thing(_NAMES[c], None if cut else _shape_kind(part),
-                                     (x0 + xx.mean() + 0.5) / w, (y0 + yy.mean() + 0.5) / h))
-    return look
+def _is_cut(hist_a, thumb_a, hist_b, thumb_b) -> tuple[bool, float]:
+    """Whether two consecutive frames lie across a cut, and their mean grey difference."""
+    jump = 0.5 * float(np.abs(hist_a - hist_b).sum())
+    change = float(np.abs(thumb_a - thumb_b).mean())
+    return jump >= CUT_HISTOGRAM or (jump >= CUT_HISTOGRAM_WITH_CHANGE and change >= CUT_CHANGE), change
+
+
+def _subtitle_lines(request: CaptionRequest) -> list[tuple[str, float, float]]:
+    shown: OrderedDict[str, list[float]] = OrderedDict()
+    for t, lines in zip(request.frame_time, request.subtitles or []):
+        for line in lines:
+            line = " ".join(line.split())
+            if line in shown:
+                shown[line][1] = t
+            elif line:
+                shown[line] = [t, t]
+    return [(line, a, b) for line, (a, b) in shown.items()]
+
+
+def _text_key(text: str) -> str:
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
 
 
 # ---------------------------------------------------------------- wording helpers
 
-def _t(seconds: float) -> str:
-    return f"{seconds:.1f}".rstrip("0").rstrip(".") + " s"
+def _t(seconds: float, level: str = "low") -> str:
+    if level == "low" or seconds < 10:
+        return f"{seconds:.1f}".rstrip("0").rstrip(".") + " s"
+    return f"{round(seconds)} s"
 
 
-def _span(a: float, b: float) -> str:
-    return f"at {_t(a)}" if b - a < 0.05 else f"from {_t(a)} to {_t(b)}"
+def _span(a: float, b: float, level: str = "low") -> str:
+    if _t(a, level) == _t(b, level):
+        return f"at {_t(a, level)}"
+    return f"from {_t(a, level)} to {_t(b, level)}"
 
 
 def _listing(items: list[str]) -> str:
@@ -169,16 +141,18 @@ def _listing(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _a(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
+def _quote(text: str, words: int) -> str:
+    parts = text.replace('"', "'").split()
+    return '"' + (" ".join(parts) if len(parts) <= words else " ".join(parts[:words]) + " …") + '"'
 
 
-def _count_word(n: int) -> str:
-    return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
+def _said(lead: str, quoted: str) -> str:
+    """``lead`` followed by a quote, ending the sentence with a full stop unless the quote already does."""
+    return f"{lead} {quoted}" + ("" if quoted[-2:-1] in ".?!…" else ".")
 
 
-def _plural(kind: str) -> str:
-    return kind + "s"
+def _words(text: str) -> int:
+    return len(text.split())
 
 
 def _budget(text: str, words: int) -> str:
@@ -186,165 +160,56 @@ def _budget(text: str, words: int) -> str:
     return text if len(parts) <= words else " ".join(parts[:words])
 
 
-# ---------------------------------------------------------------- across frames
-
-def _background_runs(looks: list[FrameLook]) -> list[tuple[str, float, float, list[FrameLook]]]:
-    """Consecutive frames sharing a background, a one-frame blip folded into its neighbours."""
+def _light_runs(times: list[float], light: list[str]) -> list[list]:
+    """Consecutive frames of one brightness word; a single-frame blip joins the run before it."""
     runs: list[list] = []
-    for look in looks:
-        if runs and runs[-1][0] == look.background:
-            runs[-1][2] = look.time
-            runs[-1][3].append(look)
+    for t, word in zip(times, light):
+        if runs and runs[-1][0] == word:
+            runs[-1][2] = t
+            runs[-1][3] += 1
         else:
-            runs.append([look.background, look.time, look.time, [look]])
+            runs.append([word, t, t, 1])
     merged: list[list] = []
     for run in runs:
-        if merged and len(run[3]) == 1 and len(runs) > 1 and run is not runs[-1]:
-            merged[-1][3].append(run[3][0])
+        if merged and (run[3] == 1 and run is not runs[-1] or merged[-1][0] == run[0]):
             merged[-1][2] = run[2]
-            continue
-        if merged and merged[-1][0] == run[0]:
-            merged[-1][2] = run[2]
-            merged[-1][3].extend(run[3])
+            merged[-1][3] += run[3]
         else:
             merged.append(run)
-    return [tuple(r) for r in merged]
-
-
-def _describe_things(looks: list[FrameLook]) -> list[str]:
-    """One phrase per coloured object seen in these frames (same background): kind, motion, place."""
-    by_colour: dict[str, list[tuple[FrameLook, list[Thing]]]] = {}
-    for look in looks:
-        groups: dict[str, list[Thing]] = {}
-        for thing in look.things:
-            groups.setdefault(thing.colour, []).append(thing)
-        for colour, things in groups.items():
-            by_colour.setdefault(colour, []).append((look, things))
-    phrases = []
-    for colour, seen in sorted(by_colour.items(), key=lambda kv: -len(kv[1])):
-        if len(seen) < max(1, 0.2 * len(looks)):
-            continue
-        kinds = Counter(t.kind for _, things in seen for t in things if t.kind)
-        kind = kinds.most_common(1)[0][0] if kinds else "shape"
-        many = Counter(len(things) for _, things in seen).most_common(1)[0][0]
-        name = f"{_a(colour)} {colour} {kind}" if many == 1 else f"{_count_word(many)} {colour} {_plural(kind)}"
-        track = [(look.time, things[0].x, things[0].y) for look, things in seen if len(things) == 1]
-        xs = np.array([p[1] for p in track]) if track else np.array([0.5])
-        ys = np.array([p[2] for p in track]) if track else np.array([0.5])
-        motion = None
-        if len(track) >= 2:
-            # a jump of a third of the frame is an object leaving one side and coming back at the other
-            steps = [((b[1] - a[1]) / (b[0] - a[0]), (b[2] - a[2]) / (b[0] - a[0]))
-                     for a, b in zip(track, track[1:])
-                     if b[0] > a[0] and max(abs(b[1] - a[1]), abs(b[2] - a[2])) < 0.33]
-            if steps:
-                vx, vy = np.median(np.array(steps), axis=0)
-                if max(abs(vx), abs(vy)) < 0.008:
-                    motion = "stays still"
-                elif abs(vx) >= abs(vy):
-                    motion = "moves from left to right" if vx > 0 else "moves from right to left"
-                else:
-                    motion = "moves downward" if vy > 0 else "moves upward"
-        if motion in ("moves from left to right", "moves from right to left"):
-            where = {0: "near the top", 1: "across the middle", 2: "near the bottom"}[min(2, int(ys.mean() * 3))]
-        elif motion in ("moves downward", "moves upward"):
-            where = {0: "on the left side", 1: "in the centre", 2: "on the right side"}[min(2, int(xs.mean() * 3))]
-        else:
-            vertical = ("upper", "middle", "lower")[min(2, int(ys.mean() * 3))]
-            horizontal = ("left", "centre", "right")[min(2, int(xs.mean() * 3))]
-            where = "in the centre" if (vertical, horizontal) == ("middle", "centre") else \
-                f"in the {vertical} {horizontal}" if vertical != "middle" else f"on the {horizontal}"
-        verb = motion or ("are seen" if many > 1 else "is seen")
-        if many > 1 and motion:
-            verb = verb.replace("moves", "move").replace("stays", "stay")
-        phrases.append(f"{name} {verb} {where}")
-    return phrases
-
-
-def _sign_events(looks: list[FrameLook], gap: float) -> list[tuple[str | None, float, float]]:
-    """Consecutive frames showing the same sign text (None: a panel seen but not read)."""
-    events: list[list] = []
-    for look in looks:
-        texts = look.texts or ([None] if look.panels else [])
-        for text in texts:
-            last = next((e for e in reversed(events) if e[0] == text), None)
-            if last is not None and look.time - last[2] <= gap:
-                last[2] = look.time
-            else:
-                events.append([text, look.time, look.time])
-    # a panel read in some frames and not in others is one sign: keep only what was read
-    read = [e for e in events if e[0] is not None]
-    events = read + [e for e in events if e[0] is None and
-                     not any(r[1] - gap <= e[2] and e[1] <= r[2] + gap for r in read)]
-    return sorted((tuple(e) for e in events), key=lambda e: e[1])
-
-
-def _dialogue(request: CaptionRequest) -> list[tuple[str, float, float]]:
-    spoken: OrderedDict[str, list[float]] = OrderedDict()
-    for t, lines in zip(request.frame_time, request.subtitles or []):
-        for line in lines:
-            line = " ".join(line.split())
-            if line in spoken:
-                spoken[line][1] = t
-            else:
-                spoken[line] = [t, t]
-    return [(line, a, b) for line, (a, b) in spoken.items()]
-
-
-def detail_sentences(request: CaptionRequest, looks: list[FrameLook]) -> dict[str, list[str]]:
-    """The sentences of a low-level caption grouped by topic, each group in caption order.
-
-    Keys: ``background`` (one sentence: the colour over time), ``shapes`` (coloured objects, kind,
-    motion and place, per background), ``signs`` (one sentence per sign shown, with its text when it
-    was read) and ``dialogue`` (one sentence per subtitle line). The low caption is these groups
-    joined in that order; the offline video_qa tool picks the groups a question asks about.
-    """
-    t0, t1 = request.frame_time[0], request.frame_time[-1]
-    runs = _background_runs(looks)
-    topics: dict[str, list[str]] = {"background": [], "shapes": [], "signs": [], "dialogue": []}
-    if len(runs) == 1:
-        topics["background"].append(f"From {_t(t0)} to {_t(t1)} the background is {runs[0][0]}.")
-    else:
-        changes = "; ".join(f"at about {_t(r[1])} it changes to {r[0]}" for r in runs[1:])
-        topics["background"].append(f"From {_t(t0)} to {_t(t1)} the background starts {runs[0][0]}; {changes}.")
-    for colour, a, b, run_looks in runs:
-        phrases = _describe_things(run_looks)
-        if not phrases:
-            continue
-        lead = f"On the {colour} background, " if len(runs) > 1 else ""
-        body = _listing(phrases)
-        topics["shapes"].append((lead + body)[0].upper() + (lead + body)[1:] + ".")
-    for text, a, b in _sign_events(looks, gap=1.6):
-        if text is None:
-            topics["signs"].append(f"A white sign with writing appears {_span(a, b)}, but its text cannot be read.")
-        else:
-            topics["signs"].append(f'A white sign reading "{text}" appears {_span(a, b)}.')
-    for line, a, b in _dialogue(request):
-        topics["dialogue"].append(f'At {_t(a)} someone says: "{line}"')
-    return topics
+    return merged
 
 
 # ---------------------------------------------------------------- the captioner
 
 class OfflineCaptioner:
-    """Captions from pixel statistics, RapidOCR and subtitles; no model weights beyond the OCR's.
+    """Captions of real footage from OCR, speech, subtitles, cuts, brightness and motion.
 
-    ``ocr``: read sign text (low level only, where the detail belongs). ``frames_per_level``: at most
-    this many distinct frames are analysed per caption (default: all the corpus sends, 128/64/32).
-    ``ocr_min_score``: drop OCR reads below it. ``ocr_cache_size``: signs remembered by thumbnail.
+    ``ocr``: read on-screen text. ``speech``: ask for the video's transcribed speech (sets
+    ``wants_speech``). ``ocr_min_score``: drop reads the OCR is less sure of. ``ocr_frames``: at most
+    this many frames per request are read, evenly spread (default 4 / 8 / 16 for high / medium /
+    low), and no two less than ``ocr_interval`` seconds apart. ``ocr_max_side``: frames are shrunk
+    to this longest side before reading. ``frames_per_level``: at most this many distinct frames are
+    measured per request.
     """
 
     name = "offline"
 
-    def __init__(self, ocr: bool = True, ocr_min_score: float = 0.6, ocr_cache_size: int = 4096,
-                 frames_per_level: dict[str, int] | None = None):
+    def __init__(self, ocr: bool = True, speech: bool = True, ocr_min_score: float = 0.8,
+                 ocr_frames: dict[str, int] | None = None, ocr_interval: float = 1.0,
+                 ocr_max_side: int = 768, frames_per_level: dict[str, int] | None = None):
+        if not 0.0 <= ocr_min_score <= 1.0:
+            raise InputError(f"offline captioner: ocr_min_score must be in 0..1, got {ocr_min_score}")
+        if ocr_max_side < 32:
+            raise InputError(f"offline captioner: ocr_max_side must be at least 32 px, got {ocr_max_side}")
         self.ocr = ocr
+        self.wants_speech = speech
         self.ocr_min_score = ocr_min_score
-        self.ocr_cache_size = ocr_cache_size
+        self.ocr_frames = {"high": 4, "medium": 8, "low": 16, **(ocr_frames or {})}
+        self.ocr_interval = ocr_interval
+        self.ocr_max_side = ocr_max_side
         self.frames_per_level = {"high": 128, "medium": 64, "low": 32, **(frames_per_level or {})}
         self._engine = None
-        self._ocr_cache: OrderedDict[bytes, str | None] = OrderedDict()
-        self.ocr_calls = 0   # how many crops went to the OCR model (the rest came from the cache)
+        self.ocr_calls = 0   # frames the OCR model read (the others reused a neighbour's result)
 
     # ------------------------------------------------------------ public
 
@@ -353,122 +218,206 @@ class OfflineCaptioner:
             yield self.caption(request)
 
     def caption(self, request: CaptionRequest) -> str:
-        looks = self.look(request)
-        writer = {"low": self._low, "medium": self._medium, "high": self._high}[request.level]
-        return _budget(writer(request, looks), request.word_budget)
+        findings = self.analyse(request)
+        return write_caption(findings, request.level, request.word_budget)
 
-    # ------------------------------------------------------------ seeing
+    # ------------------------------------------------------------ measuring
 
-    def look(self, request: CaptionRequest) -> list[FrameLook]:
-        """What each distinct frame of the request shows (sign text is read at the low level only)."""
-        times = list(request.frame_time)
-        # Sampled frames repeat when a segment is short; look at each distinct time once.
+    def analyse(self, request: CaptionRequest) -> Findings:
+        """What the signals find in one request."""
+        times = [float(t) for t in request.frame_time]
+        if len(times) != len(request.frames) or not times:
+            raise InputError(f"video {request.video_id} segment {request.ids}: {len(request.frames)} frames but "
+                             f"{len(times)} frame times; the caption request is inconsistent")
+        # Sampled frames repeat when a segment is short; measure each distinct time once.
         distinct = [i for i, t in enumerate(times) if i == 0 or t != times[i - 1]]
         limit = self.frames_per_level.get(request.level, 32)
         if len(distinct) > limit:
             distinct = [distinct[int(j)] for j in np.linspace(0, len(distinct) - 1, limit)]
-        read = self.ocr and request.level == "low"
-        looks = []
-        for i in distinct:
-            frame = np.asarray(request.frames[i])
-            look = look_at(frame, float(times[i]))
-            if read:
-                look.texts = [t for t in (self._read(frame, box) for box in look.panels) if t]
-            looks.append(look)
-        return looks
+        frames = [np.asarray(request.frames[i]) for i in distinct]
+        seen = [times[i] for i in distinct]
+        signatures = [_frame_signature(f) for f in frames]
+        light = [_light_word(float(thumb.mean())) for _, thumb in signatures]
+        cuts, changes = [], []
+        for k in range(1, len(frames)):
+            cut, change = _is_cut(*signatures[k - 1], *signatures[k])
+            if cut:
+                cuts.append((seen[k - 1], seen[k]))
+            else:
+                changes.append(change)
+        motion = None
+        if len(frames) > 1:
+            # with every pair across a cut there is no within-shot measure; the cuts say enough
+            level = float(np.median(changes)) if changes else MUCH_FROM
+            motion = "little" if level < STILL_BELOW else "some" if level < MUCH_FROM else "much"
+        texts = self._read_texts(request.level, frames, seen, [thumb for _, thumb in signatures]) if self.ocr else []
+        t0, t1 = times[0], times[-1]
+        return Findings(seen, light, cuts, motion, texts, sorted(request.speech or []), _subtitle_lines(request),
+                        (t0, t1))
 
-    def _read(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> str | None:
-        """OCR of one panel, cached on a coarse black-and-white thumbnail of the panel."""
-        from PIL import Image
+    def _read_texts(self, level: str, frames: list[np.ndarray], times: list[float],
+                    thumbs: list[np.ndarray]) -> list[TextSeen]:
+        count = max(0, self.ocr_frames.get(level, 8))
+        if count == 0:
+            return []
+        # Text stays on screen for a second or more: frames closer than ocr_interval add little.
+        spaced = []
+        for k, t in enumerate(times):
+            if not spaced or t - times[spaced[-1]] >= self.ocr_interval:
+                spaced.append(k)
+        if len(spaced) > count:
+            spaced = [spaced[int(round(j))] for j in np.linspace(0, len(spaced) - 1, count)]
+        picked = sorted(set(spaced))
+        gap = 2.5 * (times[picked[-1]] - times[picked[0]]) / max(1, len(picked) - 1) if len(picked) > 1 else 1.0
+        found: list[TextSeen] = []
+        last_thumb, last_lines = None, []
+        for k in picked:
+            if last_thumb is not None and float(np.abs(thumbs[k] - last_thumb).max()) < SAME_FRAME_MAX_DIFF:
+                lines = last_lines
+            else:
+                lines = self._recognise(frames[k])
+                last_thumb, last_lines = thumbs[k], lines
+            for text, score in lines:
+                self._add_sighting(found, text, score, times[k], gap)
+        return sorted(found, key=lambda seen: seen.spans[0][0])
 
-        x0, y0, x1, y1 = box
-        inset = max(2, (y1 - y0) // 12)
-        crop = frame[y0 + inset:y1 - inset, x0 + inset:x1 - inset]
-        if crop.size == 0:
-            return None
-        gray = np.asarray(Image.fromarray(crop).convert("L").resize((48, 12), Image.BILINEAR))
-        key = np.packbits(gray > 128).tobytes() + bytes([min(255, (x1 - x0) // 4), min(255, (y1 - y0) // 4)])
-        if key in self._ocr_cache:
-            self._ocr_cache.move_to_end(key)
-            return self._ocr_cache[key]
-        text = self._recognise(crop)
-        self._ocr_cache[key] = text
-        if len(self._ocr_cache) > self.ocr_cache_size:
-            self._ocr_cache.popitem(last=False)
-        return text
+    @staticmethod
+    def _add_sighting(found: list[TextSeen], text: str, score: float, t: float, gap: float) -> None:
+        key = _text_key(text)
+        for seen in found:
+            other = _text_key(seen.text)
+            if key == other or (min(len(key), len(other)) >= 4 and
+                                difflib.SequenceMatcher(None, key, other).ratio() >= 0.8):
+                if score > seen.score:
+                    seen.text, seen.score = text, score
+                if t - seen.spans[-1][1] <= gap:
+                    seen.spans[-1][1] = t
+                else:
+                    seen.spans.append([t, t])
+                return
+        found.append(TextSeen(text, score, [[t, t]]))
 
-    def _recognise(self, crop: np.ndarray) -> str | None:
+    def _recognise(self, frame: np.ndarray) -> list[tuple[str, float]]:
+        """Confident text lines of one frame (at least two letters or digits each)."""
         if self._engine is None:
             from rapidocr_onnxruntime import RapidOCR
-            self._engine = RapidOCR()
+            # "max": never enlarge a frame for detection (the default scales the short side up to
+            # 736 px, ten times the work on a 512 px frame for no gain on text of a readable size)
+            self._engine = RapidOCR(det_limit_type="max")
+        if max(frame.shape[:2]) > self.ocr_max_side:
+            from longvideo_r1.corpus.video import resize_max_side
+            frame = resize_max_side(frame, self.ocr_max_side)
         self.ocr_calls += 1
-        # The panel crop is already one line of text: skip detection and read it directly.
-        result, _ = self._engine(np.ascontiguousarray(crop), use_det=False, use_cls=False, use_rec=True)
-        if not result:
-            return None
-        text, score = result[0][0], float(result[0][1])
-        text = " ".join(text.split())
-        return text if text and score >= self.ocr_min_score else None
+        result, _ = self._engine(np.ascontiguousarray(frame), use_cls=False)
+        lines = []
+        for _, text, score in result or []:
+            text = " ".join(str(text).split())
+            if float(score) >= self.ocr_min_score and sum(ch.isalnum() for ch in text) >= 2:
+                lines.append((text, float(score)))
+        return lines
 
-    # ------------------------------------------------------------ writing
 
-    def _low(self, request: CaptionRequest, looks: list[FrameLook]) -> str:
-        topics = detail_sentences(request, looks)
-        sentences = topics["background"] + topics["shapes"] + topics["signs"] + topics["dialogue"]
-        if not topics["signs"] and not topics["dialogue"]:
-            sentences.append("No sign or dialogue appears.")
-        return " ".join(sentences)
+# ---------------------------------------------------------------- writing
 
-    def _medium(self, request: CaptionRequest, looks: list[FrameLook]) -> str:
-        t0, t1 = request.frame_time[0], request.frame_time[-1]
-        runs = _background_runs(looks)
-        if len(runs) == 1:
-            sentences = [f"Between {_t(t0)} and {_t(t1)} the scene keeps a {runs[0][0]} background."]
-        else:
-            steps = [f"{runs[0][0]} until about {round(runs[1][1])} s"]
-            steps += [f"{r[0]} from about {round(r[1])} s" for r in runs[1:]]
-            sentences = [f"Between {_t(t0)} and {_t(t1)} the background goes through {len(runs)} scenes: "
-                         f"{_listing(steps)}."]
-        shapes: Counter = Counter()
-        for look in looks:
-            for thing in look.things:
-                if thing.kind:
-                    shapes[(thing.colour, thing.kind)] += 1
-        common = [f"{colour} {_plural(kind)}" for (colour, kind), n in shapes.most_common(8)
-                  if n >= max(2, 0.1 * len(looks) / max(1, len(runs)))]
-        if common:
-            sentences.append(f"Coloured shapes drift across the frame, among them {_listing(common)}.")
-        signs = _sign_events(looks, gap=3.0)
-        if signs:
-            when = _listing([f"{round(a)} s" for _, a, _ in signs[:6]])
-            times = {1: "once", 2: "twice"}.get(len(signs), f"{_count_word(len(signs))} times")
-            sentences.append(f"Brief text signs appear {times} (around {when}).")
-        lines = _dialogue(request)
-        if lines:
-            sentences.append(f"Someone speaks {_count_word(len(lines))} short "
-                             f"line{'s' if len(lines) > 1 else ''} of dialogue, around "
-                             f"{_listing([f'{round(a)} s' for _, a, _ in lines[:6]])}.")
-        else:
-            sentences.append("Nobody speaks.")
-        return " ".join(sentences)
+def finding_sentences(findings: Findings, level: str = "low") -> dict[str, list[str]]:
+    """The sentences of a caption grouped by topic, each group in caption order.
 
-    def _high(self, request: CaptionRequest, looks: list[FrameLook]) -> str:
-        t0, t1 = request.frame_time[0], request.frame_time[-1]
-        runs = _background_runs(looks)
-        share = Counter(look.background for look in looks)
-        dominant = [c for c, n in share.most_common(4) if n >= 0.1 * len(looks)]
-        scenes = "a single scene" if len(runs) == 1 else f"about {_count_word(len(runs))} scenes"
-        sentences = [f"From {_t(t0)} to {_t(t1)} the video passes through {scenes}, "
-                     f"mostly on {_listing(dominant)} background{'s' if len(dominant) > 1 else ''}."]
-        kinds = Counter(t.kind for look in looks for t in look.things if t.kind and t.kind != "shape")
-        if kinds:
-            mainly = _listing([_plural(k) for k, _ in kinds.most_common(2)])
-            sentences.append(f"Simple coloured shapes, mainly {mainly}, move around the screen.")
-        extras = []
-        if any(look.panels for look in looks):
-            extras.append("short text signs flash up now and then")
-        if any(lines for lines in (request.subtitles or [])):
-            extras.append("people talk from time to time")
-        if extras:
-            sentences.append(_listing(extras).capitalize() + ".")
-        return " ".join(sentences)
+    Keys: ``look`` (brightness and motion over the span), ``cuts``, ``text`` (on-screen text),
+    ``speech`` and ``subtitles`` (one sentence per quoted line at the low level). The caption joins
+    them in that order; the offline video_qa tool picks the groups a question asks about.
+    """
+    t0, t1 = findings.span
+    topics: dict[str, list[str]] = {"look": [], "cuts": [], "text": [], "speech": [], "subtitles": []}
+    most = _LIST_ITEMS[level]
+    quote = _QUOTE_WORDS[level]
+
+    runs = _light_runs(findings.times, findings.light)
+    if len(runs) == 1:
+        light = f"{runs[0][0]} throughout"
+    elif len(runs) <= 4:
+        light = runs[0][0] + "".join(f", then {r[0]} from {_t(r[1], level)}" for r in runs[1:])
+    else:
+        share: dict[str, int] = {}
+        for word in findings.light:
+            share[word] = share.get(word, 0) + 1
+        light = f"mostly {max(share, key=share.get)}, its brightness changing {len(runs) - 1} times"
+    motion = {"little": "with little motion", "some": "with some motion", "much": "with much motion",
+              None: "in a single sampled frame"}[findings.motion]
+    when = _span(t0, t1, level)
+    topics["look"].append(f"{when[0].upper()}{when[1:]} the picture is {light}, {motion}.")
+
+    cuts = findings.cuts
+    if not cuts:
+        if findings.notable:   # otherwise the absence sentence says it
+            topics["cuts"].append("No cut is detected.")
+    elif level == "high" or len(cuts) > most:
+        around = _listing([f"{_t((a + b) / 2, level)}" for a, b in cuts[:most]])
+        more = f", and {len(cuts) - most} more" if len(cuts) > most else ""
+        topics["cuts"].append(f"{len(cuts)} cut{'s are' if len(cuts) > 1 else ' is'} detected, around "
+                              f"{around}{more}.")
+    elif len(cuts) == 1:
+        topics["cuts"].append(f"There is a cut between {_t(cuts[0][0], level)} and {_t(cuts[0][1], level)}.")
+    else:
+        between = _listing([f"between {_t(a, level)} and {_t(b, level)}" for a, b in cuts])
+        topics["cuts"].append(f"There are {len(cuts)} cuts: {between}.")
+
+    texts = findings.texts
+    if level == "low":
+        for seen in texts[:most]:
+            when = _listing([_span(a, b) for a, b in seen.spans])
+            topics["text"].append(f"On-screen text {_quote(seen.text, quote)} is shown {when}.")
+    elif texts:
+        shown = [f"{_quote(s.text, 12)} ({_span(*s.spans[0], level)})" for s in texts[:most]]
+        more = f", and {len(texts) - most} more" if len(texts) > most else ""
+        topics["text"].append(f"On-screen text read: {'; '.join(shown)}{more}.")
+    if level == "low":
+        for a, b, said in findings.speech:
+            topics["speech"].append(_said(f"{_span(a, b).capitalize()} a voice says:", _quote(said, quote)))
+        for line, a, b in findings.subtitles:
+            topics["subtitles"].append(_said(f"A subtitle {_span(a, b)} reads:", _quote(line, quote)))
+    else:
+        for a, b, said in findings.speech:
+            topics["speech"].append(_said(f"At {_t(a, level)} a voice says:", _quote(said, quote)))
+        for line, a, b in findings.subtitles:
+            topics["subtitles"].append(_said(f"At {_t(a, level)} a subtitle reads:", _quote(line, quote)))
+    return topics
+
+
+def absence_sentence(findings: Findings) -> str | None:
+    """What was looked for and not found, said plainly (None when text, speech and subtitles all are)."""
+    missing = [name for name, got in (("on-screen text", findings.texts), ("speech", findings.speech),
+                                      ("subtitles", findings.subtitles)) if not got]
+    if not findings.notable:
+        return "Nothing notable is found: no on-screen text, speech, subtitles or cuts."
+    if missing:
+        verb = "is" if missing == ["on-screen text"] or missing == ["speech"] else "are"
+        return f"No {_listing(missing).replace(' and ', ' or ')} {verb} found."
+    return None
+
+
+def _evenly(items: list[str], budget: int) -> list[str]:
+    """As many of ``items`` as fit in ``budget`` words, spread evenly over the list, in order."""
+    if sum(_words(s) for s in items) <= budget:
+        return items
+    for count in range(len(items) - 1, 0, -1):
+        chosen = [items[(2 * k + 1) * len(items) // (2 * count)] for k in range(count)]   # middles of equal shares
+        if sum(_words(s) for s in chosen) <= budget:
+            return chosen
+    return []
+
+
+def write_caption(findings: Findings, level: str, word_budget: int) -> str:
+    """A caption of ``findings`` at ``level`` within ``word_budget`` words."""
+    topics = finding_sentences(findings, level)
+    fixed = topics["look"] + topics["cuts"] + topics["text"]
+    absent = absence_sentence(findings)
+    if absent:
+        fixed.append(absent)
+    spare = word_budget - sum(_words(s) for s in fixed)
+    spoken = topics["speech"] + topics["subtitles"]
+    quotes = _evenly(spoken, spare)
+    if len(quotes) < len(spoken):
+        # say how much is left out, then quote what still fits beside that note
+        quotes = _evenly(spoken, spare - 12)
+        fixed.append(f"Of {len(spoken)} lines of speech and subtitles, {len(quotes)} are quoted.")
+    return _budget(" ".join(fixed + quotes), word_budget)

@@ -1,9 +1,10 @@
 """Caption segments with any OpenAI-compatible vision-language chat endpoint (e.g. ``vllm serve Qwen3-VL``).
 
 Each :class:`CaptionRequest` becomes one ``POST {base}/chat/completions``: a system message asking for a
-factual caption within the level's word budget, then one user message that alternates, frame by frame,
-a text part (``"12.5s."`` or ``"12.5s. Subtitle: line one,line two."``) and the frame as a base64 JPEG
-``image_url``. The reply's ``<caption>…</caption>`` wrapper is removed.
+factual caption within the level's word budget (per level: the frame times, what happens, the people,
+the objects and the on-screen text; at the low level also the setting), then one user message that
+alternates, frame by frame, a text part (``"12.5s."`` or ``"12.5s. Subtitle: line one,line two."``)
+and the frame as a base64 JPEG ``image_url``. The reply's ``<caption>…</caption>`` wrapper is removed.
 
 Requests run concurrently on the client's event loop (``openai.AsyncOpenAI`` through
 :meth:`~longvideo_r1.openai_client.ChatClient.submit`) with a sliding window: at most ``concurrency``
@@ -27,27 +28,41 @@ from longvideo_r1.openai_client import ChatClient, chat_base_url, encode_jpeg
 
 __all__ = ["OpenAICaptioner", "chat_base_url", "encode_jpeg", "frame_text"]
 
-_OVERVIEW_PROMPT = (
-    "You write captions for one segment of a longer video. The user shows you {num_frames} frames "
-    "sampled evenly from the segment, in time order; before each frame comes its timestamp in seconds "
-    "and, when a subtitle is on screen at that moment, the subtitle text.\n"
-    "Write a detailed, factual caption of at most {word_budget} words that gives an overview of what "
-    "happens, event by event in the order it happens: the setting, the people and objects that matter, "
-    "their actions, and how the scene changes. Quote any text that appears on screen and report what is "
-    "said in the dialogue or subtitles. Describe only what the frames and subtitles show; do not guess "
-    "or add commentary.\n"
+# The built-in instructions, per level (PROTOCOL §1: 400 words for high and medium, 200 for low).
+# Every level asks for the times of the sampled frames, what happens, the people, the objects and the
+# on-screen text; the low level, the one a navigator reads closely, also asks for the setting.
+_FRAMES_GIVEN = (
+    "You caption segments of long videos. The user sends {num_frames} frames taken at even intervals "
+    "across one {level}-level segment of a longer video, earliest first. Before each frame comes the "
+    "second of the video at which it was taken and, if a subtitle was on screen at that moment, the subtitle's text.\n"
+)
+_KEEP_TO_THE_FRAMES = (
+    "Report only what the frames and subtitles show: no guessing, no opinions, no mention of these "
+    "instructions.\n"
     "Put the whole caption between <caption> and </caption>."
 )
+_OVERVIEW_PROMPT = (
+    _FRAMES_GIVEN
+    + "Write an overview caption of this segment, at most {word_budget} words, in the order things "
+    "happen. Cover:\n"
+    "- when: anchor each event to the frame times in seconds (e.g. 'from 12.0s to 31.5s');\n"
+    "- what happens: the main events and actions, and each change of scene;\n"
+    "- the people: who is there, what they look like and what they do;\n"
+    "- the objects that take part in the events;\n"
+    "- on-screen text: quote it exactly, and say what the subtitles say.\n"
+    + _KEEP_TO_THE_FRAMES
+)
 _DETAIL_PROMPT = (
-    "You write captions for one short segment of a longer video. The user shows you {num_frames} frames "
-    "sampled evenly from the segment, in time order; before each frame comes its timestamp in seconds "
-    "and, when a subtitle is on screen at that moment, the subtitle text.\n"
-    "Write a detailed, factual caption of at most {word_budget} words that records the fine details: "
-    "what each person looks like and wears, the objects present with their colours, counts and "
-    "positions, gestures and small actions, and exactly which text, numbers or signs are visible. "
-    "Report what is said in the dialogue or subtitles word for word where you can. Describe only what "
-    "the frames and subtitles show; do not guess or add commentary.\n"
-    "Put the whole caption between <caption> and </caption>."
+    _FRAMES_GIVEN
+    + "Write a detailed caption of this short segment, at most {word_budget} words, that a reader can "
+    "search for small facts. Cover:\n"
+    "- when: anchor each observation to the frame times in seconds (e.g. 'at 4.5s');\n"
+    "- the setting: the place, indoors or outdoors, the lighting, and the weather when outdoors;\n"
+    "- what happens, action by action, small gestures included;\n"
+    "- the people: appearance, clothing, position and what each one does;\n"
+    "- the objects: what they are, how many, their colours and where they are;\n"
+    "- on-screen text and numbers: quote every one exactly, and give the subtitles' words.\n"
+    + _KEEP_TO_THE_FRAMES
 )
 
 _END = object()
@@ -64,7 +79,8 @@ class OpenAICaptioner:
     """Captions from an OpenAI-compatible ``/chat/completions`` endpoint.
 
     ``retries`` counts the tries after the first one, so a request is sent at most ``1 + retries``
-    times (the openai SDK's retries and waits: see :mod:`longvideo_r1.openai_client`). ``system_prompt`` replaces the built-in prompt; the placeholders ``{word_budget}``,
+    times (the openai SDK's retries and waits: see :mod:`longvideo_r1.openai_client`).
+    ``system_prompt`` replaces the built-in prompts; the placeholders ``{word_budget}``,
     ``{num_frames}`` and ``{level}`` in it are filled in (other braces are left alone).
     """
 
