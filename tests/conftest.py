@@ -44,6 +44,18 @@ def demo_corpus(tmp_path_factory) -> DemoCorpus:
 
 
 @pytest.fixture(scope="session")
+def demo_store(demo_corpus, tmp_path_factory) -> Path:
+    """The demo corpus captioned by the demo captioner into one store, shared by the test modules
+    (read-only: a test that writes to a store builds its own)."""
+    from longvideo_r1.corpus.build import build_store
+
+    root = tmp_path_factory.mktemp("demo_store") / "store"
+    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
+    assert report.failed == {} and sorted(report.built) == sorted(demo_corpus.video_ids)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen3_dir(tmp_path_factory) -> Path:
     """A randomly initialised tiny Qwen3 with the real Qwen3 tokenizer (vLLM and transformers load it)."""
     from longvideo_r1.models import make_tiny_qwen3

@@ -12,7 +12,6 @@ from longvideo_r1.agent.policies import ExhaustivePolicy, OraclePolicy, RandomPo
 from longvideo_r1.agent.tools import Tools, run_episode
 from longvideo_r1.agent.video_qa import DemoVideoQA
 from longvideo_r1.corpus import tree
-from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore
 
 # Captioning the three demo videos takes several seconds, and everything here runs on that store.
@@ -24,11 +23,8 @@ ORACLE_TARGETS = 6
 
 
 @pytest.fixture(scope="module")
-def store(demo_corpus, tmp_path_factory) -> CaptionStore:
-    root = tmp_path_factory.mktemp("baselines") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
-    assert report.failed == {} and sorted(report.built) == sorted(demo_corpus.video_ids)
-    return CaptionStore(root)
+def store(demo_store) -> CaptionStore:
+    return CaptionStore(demo_store)
 
 
 @pytest.fixture(scope="module")

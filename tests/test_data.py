@@ -27,7 +27,6 @@ from longvideo_r1.agent.teacher import (
 )
 from longvideo_r1.agent.tools import Tools
 from longvideo_r1.agent.video_qa import DemoVideoQA
-from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore
 from longvideo_r1.errors import InputError
 from longvideo_r1.platform.cli import main
@@ -51,11 +50,8 @@ pytestmark = pytest.mark.slow   # captioning the demo corpus into a store takes 
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def store_root(demo_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
-    assert report.failed == {}
-    return root
+def store_root(demo_store):
+    return demo_store
 
 
 @pytest.fixture(scope="module")

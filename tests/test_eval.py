@@ -222,13 +222,8 @@ def test_summaries_count_a_question_toward_each_of_its_task_types():
 # ====================================================================== end to end on a real store
 
 @pytest.fixture(scope="module")
-def store(demo_corpus, tmp_path_factory):
-    from longvideo_r1.corpus.build import build_store
-
-    root = tmp_path_factory.mktemp("eval") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
-    assert report.failed == {}
-    return root
+def store(demo_store):
+    return demo_store
 
 
 @pytest.fixture(scope="module")

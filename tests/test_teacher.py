@@ -26,7 +26,6 @@ from longvideo_r1.agent.teacher import (
 )
 from longvideo_r1.agent.tools import Tools
 from longvideo_r1.agent.video_qa import DemoVideoQA
-from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore
 from longvideo_r1.errors import InputError
 from longvideo_r1.trainer.sft_data import generate_sft, read_sft_records
@@ -39,11 +38,8 @@ LIMIT = 4   # HintConfig().max_hint_segments
 
 
 @pytest.fixture(scope="module")
-def store_root(demo_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("teacher") / "store"
-    report = build_store(demo_corpus.root / "videos", root, "demo", progress=False)
-    assert report.failed == {}
-    return root
+def store_root(demo_store):
+    return demo_store
 
 
 @pytest.fixture(scope="module")

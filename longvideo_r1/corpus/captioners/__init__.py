@@ -44,6 +44,20 @@ class CaptionRequest:
 CAPTIONERS = ("demo", "offline", "openai")
 
 
+def subtitle_spans(request: CaptionRequest) -> list[tuple[str, float, float]]:
+    """Each distinct subtitle line shown on the request's frames, with the times of the first and last
+    frame showing it, in order of first appearance (whitespace normalised, empty lines dropped)."""
+    shown: dict[str, list[float]] = {}
+    for t, lines in zip(request.frame_time, request.subtitles or []):
+        for line in lines:
+            line = " ".join(line.split())
+            if line in shown:
+                shown[line][1] = t
+            elif line:
+                shown[line] = [t, t]
+    return [(line, a, b) for line, (a, b) in shown.items()]
+
+
 class Captioner(Protocol):
     name: str
     # optional attribute ``wants_speech: bool``: true asks caption_video to transcribe the audio

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from scipy import ndimage
 
-from longvideo_r1.corpus.captioners import CaptionRequest
+from longvideo_r1.corpus.captioners import CaptionRequest, subtitle_spans
 
 # Typical RGB values of colour names. "white" and "black" are kept apart: light panels with dark
 # writing are read as signs, not as shapes.
@@ -285,18 +285,6 @@ def _sign_events(looks: list[FrameLook], gap: float) -> list[tuple[str | None, f
     return sorted((tuple(e) for e in events), key=lambda e: e[1])
 
 
-def _dialogue(request: CaptionRequest) -> list[tuple[str, float, float]]:
-    spoken: OrderedDict[str, list[float]] = OrderedDict()
-    for t, lines in zip(request.frame_time, request.subtitles or []):
-        for line in lines:
-            line = " ".join(line.split())
-            if line in spoken:
-                spoken[line][1] = t
-            else:
-                spoken[line] = [t, t]
-    return [(line, a, b) for line, (a, b) in spoken.items()]
-
-
 def detail_sentences(request: CaptionRequest, looks: list[FrameLook]) -> dict[str, list[str]]:
     """The sentences of a low-level caption grouped by topic, each group in caption order.
 
@@ -325,7 +313,7 @@ def detail_sentences(request: CaptionRequest, looks: list[FrameLook]) -> dict[st
             topics["signs"].append(f"A white sign with writing appears {_span(a, b)}, but its text cannot be read.")
         else:
             topics["signs"].append(f'A white sign reading "{text}" appears {_span(a, b)}.')
-    for line, a, b in _dialogue(request):
+    for line, a, b in subtitle_spans(request):
         topics["dialogue"].append(f'At {_t(a)} someone says: "{line}"')
     return topics
 
@@ -449,7 +437,7 @@ class DemoCaptioner:
             when = _listing([f"{round(a)} s" for _, a, _ in signs[:6]])
             times = {1: "once", 2: "twice"}.get(len(signs), f"{_count_word(len(signs))} times")
             sentences.append(f"Brief text signs appear {times} (around {when}).")
-        lines = _dialogue(request)
+        lines = subtitle_spans(request)
         if lines:
             sentences.append(f"Someone speaks {_count_word(len(lines))} short "
                              f"line{'s' if len(lines) > 1 else ''} of dialogue, around "

@@ -23,14 +23,13 @@ and speech, never a file name. Real descriptions of the action need a VLM (the `
 from __future__ import annotations
 
 import difflib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from longvideo_r1.corpus.captioners import CaptionRequest
+from longvideo_r1.corpus.captioners import CaptionRequest, subtitle_spans
 from longvideo_r1.errors import InputError
 
 THUMB = (64, 36)            # (width, height) of the grey thumbnail behind the difference measures
@@ -103,18 +102,6 @@ def _is_cut(hist_a, thumb_a, hist_b, thumb_b) -> tuple[bool, float]:
     jump = 0.5 * float(np.abs(hist_a - hist_b).sum())
     change = float(np.abs(thumb_a - thumb_b).mean())
     return jump >= CUT_HISTOGRAM or (jump >= CUT_HISTOGRAM_WITH_CHANGE and change >= CUT_CHANGE), change
-
-
-def _subtitle_lines(request: CaptionRequest) -> list[tuple[str, float, float]]:
-    shown: OrderedDict[str, list[float]] = OrderedDict()
-    for t, lines in zip(request.frame_time, request.subtitles or []):
-        for line in lines:
-            line = " ".join(line.split())
-            if line in shown:
-                shown[line][1] = t
-            elif line:
-                shown[line] = [t, t]
-    return [(line, a, b) for line, (a, b) in shown.items()]
 
 
 def _text_key(text: str) -> str:
@@ -252,7 +239,7 @@ class OfflineCaptioner:
             motion = "little" if level < STILL_BELOW else "some" if level < MUCH_FROM else "much"
         texts = self._read_texts(request.level, frames, seen, [thumb for _, thumb in signatures]) if self.ocr else []
         t0, t1 = times[0], times[-1]
-        return Findings(seen, light, cuts, motion, texts, sorted(request.speech or []), _subtitle_lines(request),
+        return Findings(seen, light, cuts, motion, texts, sorted(request.speech or []), subtitle_spans(request),
                         (t0, t1))
 
     def _read_texts(self, level: str, frames: list[np.ndarray], times: list[float],
