@@ -23,6 +23,28 @@ from longvideo_r1.errors import InputError
 log = logging.getLogger("longvideo_r1.actors")
 
 
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join the Ray cluster at ``address`` or, without one, start a local Ray of ``num_cpus`` logical
+    CPUs (default: the machine's cores) with no dashboard. Inside a Ray job the actors' log lines go
+    to the driver, so `ray job logs` shows them. Returns False (and does nothing) when Ray is already
+    initialised, True when this call initialised it."""
+    import os
+
+    import ray
+
+    from longvideo_r1.logs import ray_log_to_driver
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # else Ray rewrites 127.0.0.1
+    if address:
+        ray.init(address=address, log_to_driver=ray_log_to_driver())
+    else:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=ray_log_to_driver())
+    return True
+
+
 def _with_worker_logging(cls):
     """``cls`` whose actors first give their ``longvideo_r1`` loggers a handler on stderr (Ray leaves
     them without one), which Ray forwards to the driver when it asked for it: so actor logs reach

@@ -19,8 +19,9 @@ module adds what the platform needs around it:
 - ``timeout`` bounds each phase of an attempt (connecting, waiting for the next bytes of the
   answer, sending), as httpx timeouts do; it is not a bound on the whole call.
 
-:meth:`ChatClient.complete_timed` also returns the seconds of the attempt that succeeded, and
-nothing else, as the paper's cost accounting counts the model's time per call (PROTOCOL §2). It is
+:meth:`ChatClient.complete_timed` also returns the seconds of the attempt that succeeded, as the
+paper's cost accounting counts the model's time per call (PROTOCOL §2); :meth:`ChatClient.complete_counted`
+adds the prompt and completion tokens the server reported in ``usage``. The seconds are
 httpx's ``Response.elapsed`` of that attempt: from handing the request to the connection pool
 (opening a connection when none is idle) to reading the last byte of the answer. Failed attempts,
 retry waits, building the request and parsing the answer are left out; the network round trip and
@@ -214,6 +215,15 @@ class ChatClient:
                        temperature: float | None = None, stop: Sequence[str] | None = None,
                        extra: dict[str, Any] | None = None, context: str = "") -> tuple[str, float]:
         """Like :meth:`complete`, plus the seconds of the successful attempt alone (see the module doc)."""
+        return self.complete_counted(messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
+                                     extra=extra, context=context)[:2]
+
+    def complete_counted(self, messages: Sequence[dict], *, max_tokens: int | None = None,
+                         temperature: float | None = None, stop: Sequence[str] | None = None,
+                         extra: dict[str, Any] | None = None,
+                         context: str = "") -> tuple[str, float, tuple[int, int]]:
+        """Like :meth:`complete_timed`, plus the ``(prompt_tokens, completion_tokens)`` the server
+        reported in the answer's ``usage`` (0 for a count it did not send)."""
         import openai
 
         args = self._arguments(messages, max_tokens, temperature, stop, extra)
@@ -225,7 +235,7 @@ class ChatClient:
             raise self._failure(exc, attempts[0], context) from None
         finally:
             _ATTEMPTS.reset(token)
-        return self._answer(raw, context)
+        return (*self._answer(raw, context), _reported_tokens(raw))
 
     def submit(self, messages: Sequence[dict], *, max_tokens: int | None = None,
                temperature: float | None = None, stop: Sequence[str] | None = None,
@@ -301,6 +311,20 @@ class ChatClient:
         if not self._api_key:
             return message
         return re.sub(rf"(?<![\w-]){re.escape(self._api_key)}(?![\w-])", "[API key]", message)
+
+
+def _reported_tokens(raw) -> tuple[int, int]:
+    """``usage.prompt_tokens`` and ``usage.completion_tokens`` of a raw SDK response (0 when missing)."""
+    try:
+        usage = getattr(raw.parse(), "usage", None)
+    except ValueError:  # not JSON: _message_text has already refused such an answer
+        return 0, 0
+
+    def count(name: str) -> int:
+        value = getattr(usage, name, None) if usage is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+    return count("prompt_tokens"), count("completion_tokens")
 
 
 def _message_text(raw) -> str:

@@ -54,37 +54,6 @@ class CallUsage:
         return asdict(self)
 
 
-def _reported_tokens(raw) -> tuple[int, int]:
-    """``usage.prompt_tokens`` and ``usage.completion_tokens`` of a raw SDK response (0 when missing)."""
-    try:
-        usage = getattr(raw.parse(), "usage", None)
-    except Exception:  # the text was read already; a body without usage costs nothing to report
-        return 0, 0
-
-    def count(name: str) -> int:
-        value = getattr(usage, name, None) if usage is not None else None
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-    return count("prompt_tokens"), count("completion_tokens")
-
-
-class MeteredChatClient(ChatClient):
-    """A :class:`~longvideo_r1.openai_client.ChatClient` that also reads the ``usage`` of each answer.
-
-    ``reported.tokens`` is the ``(prompt_tokens, completion_tokens)`` of the answer the calling thread
-    received last (thread-local; the caller resets it before a call).
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reported = threading.local()
-
-    def _answer(self, raw, context: str) -> tuple[str, float]:
-        answer = super()._answer(raw, context)
-        self.reported.tokens = _reported_tokens(raw)
-        return answer
-
-
 class OpenAIPolicy:
     """A navigator served by an OpenAI-compatible chat-completions endpoint.
 
@@ -98,8 +67,8 @@ class OpenAIPolicy:
                  max_tokens: int = 2048, timeout: float = 300.0, retries: int = 2, extra: dict | None = None):
         self._settings = {"endpoint": endpoint, "model": model, "api_key": api_key, "temperature": temperature,
                           "max_tokens": max_tokens, "timeout": timeout, "retries": retries, "extra": extra}
-        self.client = MeteredChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
-                                        what="llm policy")
+        self.client = ChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
+                                 what="llm policy")
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.timeout = timeout
@@ -150,11 +119,9 @@ class OpenAIPolicy:
     def act(self, episode: Episode, tools: Tools) -> str:
         q = episode.question
         self._last.call = None
-        self.client.reported.tokens = (0, 0)
-        text, seconds = self.client.complete_timed(
+        text, seconds, (prompt_tokens, completion_tokens) = self.client.complete_counted(
             episode.prompt(), max_tokens=self.max_tokens, temperature=self.temperature, stop=list(STOP_STRINGS),
             extra=self.extra, context=f"question {q.qid or q.video_id} round {episode.round}")
-        prompt_tokens, completion_tokens = self.client.reported.tokens
         call = CallUsage(1, prompt_tokens, completion_tokens, seconds)
         self._last.call = call
         with self._totals_lock:

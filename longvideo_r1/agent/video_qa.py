@@ -302,15 +302,12 @@ _NONE_SEEN = {
 }
 
 
-def query_topics(query: str) -> list[str]:
-    """The topics a query asks about, in the order the query mentions them (none: a general question)."""
+def query_topics(query: str, patterns: dict[str, re.Pattern] = _TOPIC_RE) -> list[str]:
+    """The topics of ``patterns`` a query asks about, in the order the query mentions them, matched
+    outside quotes (none: a general question)."""
     text = _QUOTED.sub(" ", query)
-    found = []
-    for topic, pattern in _TOPIC_RE.items():
-        match = pattern.search(text)
-        if match:
-            found.append((match.start(), topic))
-    return [topic for _, topic in sorted(found)]
+    found = sorted((m.start(), topic) for topic, pattern in patterns.items() if (m := pattern.search(text)))
+    return [topic for _, topic in found]
 
 
 def _secs(t: float) -> str:
@@ -384,10 +381,7 @@ _OFFLINE_TOPIC_RE = {topic: re.compile(rf"\b(?:{words})\b", re.I) for topic, wor
 
 def offline_query_topics(query: str) -> list[str]:
     """``text`` and/or ``speech`` when the query asks about them, in the query's order; [] otherwise."""
-    text = _QUOTED.sub(" ", query)
-    found = sorted((m.start(), topic) for topic, pattern in _OFFLINE_TOPIC_RE.items()
-                   if (m := pattern.search(text)))
-    return [topic for _, topic in found]
+    return query_topics(query, _OFFLINE_TOPIC_RE)
 
 
 class OfflineVideoQA:
@@ -425,10 +419,9 @@ class OfflineVideoQA:
             started = time.perf_counter()
             spoken = []
             if self.speech:
-                from longvideo_r1.corpus.speech import transcribe
+                from longvideo_r1.corpus.speech import spoken_during, transcribe
                 try:
-                    spoken = [(s.start, s.end, s.text) for s in transcribe(video.source_path)
-                              if s.start < end and s.end > start]
+                    spoken = spoken_during(transcribe(video.source_path), start, end)
                 except InputError as exc:
                     raise InputError(f"video {video.video_id}: {exc}") from None
             request = CaptionRequest(video.video_id, "low", ids, frames, times, subtitles, speech=spoken)

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from longvideo_r1.corpus import tree
+from longvideo_r1.corpus import speech, tree
 from longvideo_r1.corpus.captioners import CaptionRequest, Captioner
 from longvideo_r1.corpus.video import (VideoInfo, open_reader, parse_srt, read_frames, resize_max_side,
                                        subtitles_at)
@@ -54,8 +54,7 @@ def caption_video(info: VideoInfo, captioner: Captioner,
     reader = open_reader(info.path)
     spoken = []
     if getattr(captioner, "wants_speech", False):
-        from longvideo_r1.corpus.speech import transcribe
-        spoken = transcribe(info.path)
+        spoken = speech.transcribe(info.path)
 
     def requests() -> Iterator[CaptionRequest]:
         for seg in segments:
@@ -67,7 +66,7 @@ def caption_video(info: VideoInfo, captioner: Captioner,
             yield CaptionRequest(info.video_id, seg.level, seg.ids, frames, list(seg.frame_time),
                                  [subtitles_at(subs, t) for t in seg.frame_time],
                                  tree.WORD_BUDGET[seg.level],
-                                 [(s.start, s.end, s.text) for s in spoken if s.start < end and s.end > start])
+                                 speech.spoken_during(spoken, start, end))
 
     captions = list(captioner.caption_many(requests()))
     if len(captions) != len(segments):

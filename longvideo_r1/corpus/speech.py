@@ -40,6 +40,12 @@ class Segment:
     text: str
 
 
+def spoken_during(segments: list[Segment], start: float, end: float) -> list[tuple[float, float, str]]:
+    """``(start, end, text)`` of the segments heard during ``[start, end)`` seconds (overlapping it),
+    as a :class:`~longvideo_r1.corpus.captioners.CaptionRequest` carries them."""
+    return [(s.start, s.end, s.text) for s in segments if s.start < end and s.end > start]
+
+
 _LOCK = threading.Lock()          # one transcription at a time: the model already uses every core
 _MODEL = None
 _CACHE: OrderedDict[tuple, list[Segment]] = OrderedDict()

@@ -40,6 +40,7 @@ from pathlib import Path
 from longvideo_r1.agent.episode import Episode, EpisodeConfig
 from longvideo_r1.agent.policies import OraclePolicy, make_policy
 from longvideo_r1.agent.tools import Tools, run_episode
+from longvideo_r1.agent.video_qa import VIDEO_QA_BACKENDS
 from longvideo_r1.corpus.annotations import Benchmark
 from longvideo_r1.errors import InputError
 from longvideo_r1.jsonl import complete_lines, json_lines
@@ -47,7 +48,7 @@ from longvideo_r1.eval.metrics import localisation, summarize_records, visited_f
 from longvideo_r1.reward.score import (RewardConfig, compute_score, reward_source)
 
 MAX_FAILURES_IN_A_ROW = 5
-VIDEO_QA_KINDS = ("demo", "offline", "openai", "none")
+VIDEO_QA_KINDS = (*VIDEO_QA_BACKENDS, "none")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 THINK_CHARS = 240
 
@@ -127,7 +128,8 @@ class EvalConfig:
     limit: int | None = None
     """play only the first N questions of the benchmark (a later run without it plays the rest)"""
     video_qa: str = "offline"
-    """video_qa backend: offline, openai (needs video_qa_options endpoint and model) or none"""
+    """video_qa backend: offline (real footage), demo (the generated demo world), openai (needs
+    video_qa_options endpoint and model) or none"""
     video_qa_options: dict = field(default_factory=dict)
     reward: RewardConfig = field(default_factory=RewardConfig)
     progress: bool = True

@@ -23,6 +23,12 @@ from longvideo_r1 import __version__
 from longvideo_r1.errors import InputError
 
 
+CAPTIONER_HELP = ("openai: a vision-language model behind an OpenAI-compatible endpoint, the only captioner that "
+                  "says what happens and who and what is seen (real captions need it); offline: CPU signals only "
+                  "(on-screen text, speech, subtitles, cuts, brightness, motion); demo: the generated demo world "
+                  "only (default offline)")
+
+
 def _cmd_corpus_demo(args) -> int:
     from longvideo_r1.corpus.demo import generate_demo_corpus
 
@@ -39,19 +45,18 @@ def _corpus_check_inputs(args) -> dict | None:
         from longvideo_r1.platform.config import load_config
 
         corpus = load_config(args.config, args.set).corpus
-        if getattr(corpus, "source", "demo") != "folder" and not (args.videos or args.annotations):
+        if corpus.source != "folder" and not (args.videos or args.annotations):
             return None
-        inputs.update(videos=getattr(corpus, "path", None), annotations=getattr(corpus, "annotations", None),
-                      format=getattr(corpus, "format", "auto") or "auto", splits=getattr(corpus, "splits", None))
+        inputs.update(videos=corpus.path, annotations=corpus.annotations, format=corpus.format,
+                      splits=corpus.splits)
     for key in ("videos", "annotations", "format"):
         if getattr(args, key) is not None:
             inputs[key] = getattr(args, key)
     flags = {k: getattr(args, k) for k in ("val", "test", "seed") if getattr(args, k) is not None}
     if flags:
-        base = inputs["splits"]
-        base = {k: getattr(base, k) for k in ("val", "test", "seed")} if base is not None and not isinstance(
-            base, dict) else dict(base or {})
-        inputs["splits"] = {**base, **flags}
+        from longvideo_r1.corpus.check import split_spec
+
+        inputs["splits"] = {**split_spec(inputs["splits"]), **flags}
     if not inputs["videos"] or not inputs["annotations"]:
         raise InputError("lvr1 corpus check: give --videos DIR --annotations FILE, or --config FILE whose corpus "
                          "has source: folder, path and annotations")
@@ -323,10 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-qa-endpoint", help="OpenAI-compatible base URL of the vision-language model")
     p.add_argument("--video-qa-model", help="model name at --video-qa-endpoint")
     p.add_argument("--captioner", choices=["demo", "offline", "openai"], default="offline",
-                   help="captioner for a video not yet in the store; " + "openai: a vision-language model behind an OpenAI-compatible endpoint, the only captioner that "
-                   "says what happens and who and what is seen (real captions need it); offline: CPU signals "
-                   "only (on-screen text, speech, subtitles, cuts, brightness, motion); demo: the generated "
-                   "demo world only (default offline)")
+                   help="captioner for a video not yet in the store; " + CAPTIONER_HELP)
     p.add_argument("--endpoint", help="captioner endpoint (--captioner openai)")
     p.add_argument("--model", help="captioner model (--captioner openai)")
     p.add_argument("--concurrency", type=int, default=8, help=argparse.SUPPRESS)
@@ -375,10 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = captions.add_parser("build", help="caption a folder of videos into a sharded store (resumable)")
     p.add_argument("--videos", required=True, help="folder of video files (an .srt beside a video is used)")
     p.add_argument("--out", required=True, help="store folder (created or extended)")
-    p.add_argument("--captioner", choices=["demo", "offline", "openai"], default="offline", help="openai: a vision-language model behind an OpenAI-compatible endpoint, the only captioner that "
-                   "says what happens and who and what is seen (real captions need it); offline: CPU signals "
-                   "only (on-screen text, speech, subtitles, cuts, brightness, motion); demo: the generated "
-                   "demo world only (default offline)")
+    p.add_argument("--captioner", choices=["demo", "offline", "openai"], default="offline", help=CAPTIONER_HELP)
     p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", help="model name at the endpoint")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight per video (openai)")

@@ -127,7 +127,7 @@ def _listing(path: Path) -> list:
     return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file())
 
 
-def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> dict:
+def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> None:
     """The demo corpus is generated; a folder corpus is checked (every annotation, every video) and,
     when the check finds no problem, written as the corpus folder the later stages read."""
     c = config.corpus
@@ -136,7 +136,7 @@ def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> dict:
 
         _log("corpus", f"generating {c.videos} demo videos into {corpus_dir}")
         generate_demo_corpus(corpus_dir, videos=c.videos, minutes=c.minutes, seed=c.seed)
-        return {}
+        return
     from longvideo_r1.corpus.check import check_corpus, write_corpus
 
     _log("corpus", f"checking {c.annotations} ({c.format}) against the videos in {c.path}")
@@ -153,10 +153,8 @@ def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> dict:
         _log("corpus", "warning: data.teacher is oracle on your own corpus: its thinking text is templated and "
                        "its answers are the truth; for real trajectories use data.teacher: openai")
     write_corpus(report, corpus_dir)
-    summary = report.summary()
-    _log("corpus", f"{summary.get('videos')} videos, {summary.get('questions')} questions, checked in "
+    _log("corpus", f"{len(report.videos)} videos, {len(report.questions)} questions, checked in "
                    f"{report.seconds:.1f} s")
-    return summary
 
 
 def corpus_videos(corpus_dir: Path) -> list[tuple[str, Path]] | None:
@@ -181,8 +179,6 @@ def captions_stage(config: PipelineConfig, corpus_dir: Path, store: Path) -> Non
                      f"in {report.seconds:.1f} s")
     if report.failed:
         raise InputError("caption store: " + "; ".join(report.failed.values()))
-    return {"captioned": len(report.built), "seconds": round(report.seconds, 2),
-            "caption_seconds": {k: round(v, 2) for k, v in report.caption_seconds.items()}}
 
 
 def summarize(corpus_dir: Path, store: Path) -> dict:
@@ -309,22 +305,14 @@ def rl_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, data_di
 
 
 def start_ray(config: PipelineConfig) -> None:
+    """Join ``ray.address`` (or the cluster of a Ray job: RAY_ADDRESS), else start a local Ray of
+    ``ray.num_cpus`` logical CPUs (default max(4, cores): roles share the cores)."""
     import os
 
-    import ray
+    from longvideo_r1.actors import init_ray
 
-    from longvideo_r1.logs import ray_log_to_driver
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = config.ray.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
-    # inside a Ray job the actors' log lines go to the driver, so `ray job logs` shows them
-    if address:
-        ray.init(address=address, log_to_driver=ray_log_to_driver())
-    else:
-        cpus = config.ray.num_cpus or max(4, os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=ray_log_to_driver())
+    init_ray(address, config.ray.num_cpus or max(4, os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------------------- the driver

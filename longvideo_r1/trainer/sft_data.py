@@ -183,28 +183,14 @@ def _check_shippable(teacher, video_qa) -> None:
                              "(concurrency 1, or use_ray=False)") from None
 
 
-def _start_local_ray(num_cpus: int | None) -> bool:
-    """Start a local Ray unless one is running; True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    from longvideo_r1.logs import ray_log_to_driver
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=num_cpus or max(2, os.cpu_count() or 1), include_dashboard=False,
-             log_to_driver=ray_log_to_driver())
-    return True
-
-
 def _on_ray(teacher, store, video_ids, video_qa, config, todo: list[dict], split: str, concurrency: int,
             ray_cpus: int | None) -> Iterator[dict]:
     """Play ``todo`` on Ray actors, at most ``concurrency`` questions in flight; results as they come."""
     import ray
 
-    from longvideo_r1.actors import ActorGroup
+    from longvideo_r1.actors import ActorGroup, init_ray
 
-    started = _start_local_ray(ray_cpus)
+    started = init_ray(num_cpus=ray_cpus or max(2, os.cpu_count() or 1))   # unless Ray is running
     group = None
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))

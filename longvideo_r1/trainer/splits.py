@@ -4,11 +4,11 @@ rollout runner's episode rules, so SFT contexts equal RL contexts."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from longvideo_r1.agent.episode import EpisodeConfig
 from longvideo_r1.agent.protocol import DEFAULT_SYSTEM_PROMPT
+from longvideo_r1.corpus.annotations import read_splits_json
 from longvideo_r1.errors import InputError
 from longvideo_r1.jsonl import json_lines
 from longvideo_r1.rollout.episodes import RolloutConfig
@@ -38,14 +38,7 @@ def load_corpus_split(corpus_dir: str | Path, split: str) -> list[dict]:
     if not path.is_file():
         raise InputError(f"corpus {root}: no questions.jsonl; a corpus folder holds questions.jsonl, "
                          "splits.json and videos/ (see `lvr1 corpus demo`)")
-    splits: dict = {}
-    if (root / "splits.json").is_file():
-        try:
-            splits = json.loads((root / "splits.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"corpus {root}: splits.json is not valid JSON ({exc}); fix or regenerate it") from None
-        if not isinstance(splits, dict):
-            raise InputError(f"corpus {root}: splits.json must map each split name to a list of video ids")
+    splits = read_splits_json(root / "splits.json") or {}
     rows = []
     for n, row in json_lines(path.read_text(encoding="utf-8"), f"corpus questions {path}", "fix the line"):
         if not isinstance(row, dict) or not row.get("video_id") or not row.get("question"):
