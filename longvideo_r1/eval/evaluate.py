@@ -21,8 +21,9 @@ Episodes run on ``workers`` threads. Each thread takes a policy instance from a 
 (built with :func:`~longvideo_r1.agent.policies.make_policy` when the pool is empty, so there are
 at most ``workers`` instances of each: one local model per worker); the caption store and the
 video_qa backend are shared (both are safe to share between threads). The reward is
-:func:`~longvideo_r1.reward.score.compute_score` on the episode's text: questions with clue
-intervals get the full reward (answer + localisation F1 − repeats), others the answer alone.
+:func:`~longvideo_r1.reward.score.compute_score` on the episode's accepted rounds (an answer inside a
+round the rules rejected earns nothing, as in RL's default ``answer_rule: valid``): questions with
+clue intervals get the full reward (answer + localisation F1 − repeats), others the answer alone.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def episode_record(episode: Episode, spec: PolicySpec, task_types: tuple[str, ..
     terms = None
     if q.answer is not None:
         source = reward_source(q)
-        terms = compute_score(source, episode.solution_str(), q.answer,
+        terms = compute_score(source, episode.solution_str(accepted_only=True), q.answer,
                               {"width": episode.width, "duration": episode.duration,
                                "clue_intervals": q.clue_intervals}, config=reward)
     costs = {**asdict(episode.costs), "model_seconds": episode.costs.model_seconds}

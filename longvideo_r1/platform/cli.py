@@ -180,12 +180,69 @@ def _cmd_captions_stats(args) -> int:
     return 0
 
 
-def _cmd_models_prepare(args) -> int:
-    from longvideo_r1.models import MODEL_NAMES, prepare_models
+def _fit_on(args) -> tuple:
+    """(corpus folder or None, caption store) named by --fit-on (and --corpus)."""
+    from pathlib import Path
 
+    root = Path(args.fit_on)
+    corpus = Path(args.corpus) if args.corpus else None
+    if (root / "manifest.json").is_file():
+        store = root
+    elif (root / "store" / "manifest.json").is_file():
+        store = root / "store"
+        corpus = corpus or root / "corpus"
+    else:
+        raise InputError(f"--fit-on {root}: neither a caption store (with manifest.json) nor a pipeline run folder "
+                         "(with store/manifest.json and corpus/questions.jsonl), so there is no corpus text to fit "
+                         "fitted-qwen3's tokenizer on; run the pipeline to its captions stage (`lvr1 pipeline "
+                         "--config FILE --until captions`) or give such a folder")
+    if corpus is not None and not (corpus / "questions.jsonl").is_file():
+        raise InputError(f"corpus {corpus}: no questions.jsonl, so there is no question text to fit fitted-qwen3's "
+                         "tokenizer on; give --corpus CORPUS_DIR (a pipeline run's OUTPUT_DIR/corpus)")
+    if corpus is None:
+        print(f"lvr1: note: --fit-on {root} is a caption store and no --corpus was given: fitted-qwen3's tokenizer "
+              "is fitted to the captions and protocol strings only (no questions, no teacher turns)",
+              file=sys.stderr, flush=True)
+    return corpus, store
+
+
+def _cmd_models_prepare(args) -> int:
+    import dataclasses
+
+    from longvideo_r1.models import (FITTED_MODEL_NAMES, FITTED_QWEN3, MODEL_NAMES, FittedQwen3Config,
+                                     check_fitted_options, make_fitted_qwen3, prepare_models)
+
+    names = list(dict.fromkeys(args.only or (MODEL_NAMES + (FITTED_MODEL_NAMES if args.fit_on else ()))))
+    unknown = [name for name in names if name not in MODEL_NAMES + FITTED_MODEL_NAMES]
+    if unknown:
+        raise InputError(f"unknown model {', '.join(map(repr, unknown))}: choose from "
+                         f"{', '.join(MODEL_NAMES + FITTED_MODEL_NAMES)}")
+    keys = [f.name for f in dataclasses.fields(FittedQwen3Config)]      # one flag per model_options key
+    shape = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    fitted = FITTED_QWEN3 in names
+    if fitted and not args.fit_on:
+        raise InputError("fitted-qwen3 is fitted to a corpus: give --fit-on RUN_DIR (a pipeline run folder, with "
+                         "corpus/ and store/) or --fit-on STORE_DIR [--corpus CORPUS_DIR]")
+    if not fitted and (args.fit_on or args.corpus or shape):
+        given = ["--" + k.replace("_", "-") for k in ("fit_on", "corpus") if getattr(args, k)]
+        given += ["--" + k.replace("_", "-") for k in shape]
+        raise InputError(f"{', '.join(given)}: only fitted-qwen3 is fitted or shaped; add it: --only fitted-qwen3")
+    options = dataclasses.replace(FittedQwen3Config(), **shape)
+    check_fitted_options(options, lambda key: "--" + key.replace("_", "-"))
+    corpus, store = _fit_on(args) if fitted else (None, None)      # refused before anything is built
+    paths = {}
+    packaged = [name for name in names if name != FITTED_QWEN3]
     # transformers imports accelerate, which imports DeepSpeed, whose logger prints "Setting
     # accelerator to CPU" on stdout: main() has sent stdout to stderr, results go to args.stdout.
-    paths = prepare_models(args.out, args.only or MODEL_NAMES)
+    if packaged:
+        paths.update(prepare_models(args.out, packaged))
+    if fitted:
+        from pathlib import Path
+
+        from longvideo_r1.trainer.fitting_text import corpus_texts
+
+        paths[FITTED_QWEN3] = make_fitted_qwen3(Path(args.out) / FITTED_QWEN3, corpus_texts(corpus, store),
+                                                options).resolve()
     print(json.dumps({name: str(path) for name, path in paths.items()}, indent=1), file=args.stdout)
     return 0
 
@@ -410,11 +467,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="small real language models built offline from installed packages"
                             ).add_subparsers(dest="models_command", required=True)
-    p = models.add_parser("prepare", help="build tiny-qwen3 (random weights, real Qwen3 tokenizer) and "
-                          "smollm2 (SmolLM2-135M-Instruct from its GGUF) as safetensors folders; print "
-                          "their paths as JSON (a finished folder is skipped)")
+    p = models.add_parser("prepare", help="build tiny-qwen3 (random weights, real Qwen3 tokenizer), "
+                          "smollm2 (SmolLM2-135M-Instruct from its GGUF) and, with --fit-on, fitted-qwen3 "
+                          "(random weights, a byte-level BPE tokenizer fitted to a corpus's text) as safetensors "
+                          "folders; print their paths as JSON (a finished folder is skipped)")
     p.add_argument("--out", default="models", help="parent folder; each model goes to OUT/NAME (default ./models)")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="build only these: tiny-qwen3, smollm2 (default both)")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="build only these: tiny-qwen3, smollm2, fitted-qwen3 (default tiny-qwen3 and smollm2, "
+                        "and fitted-qwen3 when --fit-on is given)")
+    p.add_argument("--fit-on", metavar="DIR", help="fitted-qwen3: the text to fit its tokenizer on: a pipeline run "
+                   "folder (OUTPUT_DIR, holding corpus/ and store/) or a caption store folder")
+    p.add_argument("--corpus", metavar="DIR", help="fitted-qwen3: the corpus folder (questions.jsonl) when --fit-on "
+                   "is a caption store (default: --fit-on's corpus/ for a run folder)")
+    from longvideo_r1.models import FittedQwen3Config       # cheap: models imports torch only when building
+
+    for key, default in vars(FittedQwen3Config()).items():
+        p.add_argument("--" + key.replace("_", "-"), type=int, metavar="N",
+                       help=f"fitted-qwen3 {key} (default {default}; as the config's model_options.{key})")
     p.set_defaults(func=_cmd_models_prepare)
 
     data = sub.add_parser("data", help="training data: SFT trajectories from a teacher, verl RL rows").add_subparsers(

@@ -5,8 +5,9 @@ rooms that read them: ``sft`` (:class:`~longvideo_r1.trainer.sft.SFTConfig`), ``
 (:class:`~longvideo_r1.trainer.rl.RLConfig`, with ``rl.rollout``
 :class:`~longvideo_r1.rollout.episodes.RolloutConfig` and ``rl.learner`` / ``sft.learner``
 :class:`~longvideo_r1.trainer.learner.LearnerConfig`), ``tracking``
-(:class:`~longvideo_r1.platform.tracking.TrackingConfig`) and ``placement``
-(:class:`~longvideo_r1.cluster.resources.PlacementConfig`). Every key has one default, in its
+(:class:`~longvideo_r1.platform.tracking.TrackingConfig`), ``placement``
+(:class:`~longvideo_r1.cluster.resources.PlacementConfig`) and ``model_options``
+(:class:`~longvideo_r1.models.FittedQwen3Config`). Every key has one default, in its
 dataclass; recipes set what differs.
 
 ``load_config([file, …], ["captions.workers=2", …])`` lays the YAML files over the defaults (later
@@ -27,6 +28,7 @@ import yaml
 
 from longvideo_r1.cluster.resources import PlacementConfig
 from longvideo_r1.errors import InputError
+from longvideo_r1.models import FittedQwen3Config
 from longvideo_r1.platform.tracking import TrackingConfig
 from longvideo_r1.trainer.rl import RLConfig
 from longvideo_r1.trainer.sft import SFTConfig
@@ -151,9 +153,13 @@ class PipelineConfig:
     output_dir: str = "runs/demo-cpu"
     """every artifact of the run lives under this folder; a rerun resumes from it"""
     model: str = "tiny-qwen3"
-    """the policy to train: tiny-qwen3 or smollm2 (built by `lvr1 models prepare`) or a transformers folder"""
+    """the policy to train: tiny-qwen3 or smollm2 (built by `lvr1 models prepare`), fitted-qwen3 (a
+    random-init Qwen3 whose tokenizer is fitted to this run's corpus text, built in OUTPUT_DIR/model),
+    a transformers folder or a model hub id"""
     models_dir: str = "runs/models"
     """where named models are built (shared by runs)"""
+    model_options: FittedQwen3Config = field(default_factory=FittedQwen3Config)
+    """model fitted-qwen3: the vocabulary size of its fitted tokenizer and the shape of its body"""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -254,12 +260,26 @@ def _check_corpus(config: PipelineConfig) -> None:
                          "offline (CPU: on-screen text, speech, subtitles, cuts, brightness, motion only)")
 
 
+def _check_model_options(config: PipelineConfig) -> None:
+    from longvideo_r1.models import FITTED_MODEL_NAMES, check_fitted_options
+
+    if config.model in FITTED_MODEL_NAMES:
+        check_fitted_options(config.model_options, lambda key: f"config key model_options.{key}")
+    elif config.model_options != FittedQwen3Config():
+        changed = [f.name for f in dataclasses.fields(FittedQwen3Config)
+                   if getattr(config.model_options, f.name) != getattr(FittedQwen3Config(), f.name)]
+        raise InputError(f"config key model_options.{changed[0]}: model_options shape only the model "
+                         f"{', '.join(FITTED_MODEL_NAMES)}, and model is {config.model}; remove model_options "
+                         f"or set model: {FITTED_MODEL_NAMES[0]}")
+
+
 def validate(config: PipelineConfig) -> None:
     """Refuse contradictory or impossible settings, naming the key, before any actor starts."""
     from longvideo_r1.cluster.resources import validate as validate_placement
     from longvideo_r1.trainer.algos import ADVANTAGE_ESTIMATORS, KL_KINDS
 
     _check_corpus(config)
+    _check_model_options(config)
     _choice("captions.captioner", config.captions.captioner, ("demo", "offline", "openai"))
     _check_endpoint("captions", config.captions.captioner, config.captions.endpoint, config.captions.model)
     _at_least("captions.shards", config.captions.shards, 1)

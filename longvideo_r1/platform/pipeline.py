@@ -201,20 +201,45 @@ def summarize(corpus_dir: Path, store: Path) -> dict:
     }
 
 
-def resolve_model(config: PipelineConfig) -> Path:
-    """The policy's checkpoint folder: a prepared model name, a local transformers folder, or a model
-    hub id (``Qwen/Qwen3-8B``) resolved by ``huggingface_hub.snapshot_download``, which honours
-    ``HF_HUB_OFFLINE=1`` (the local cache only) and ``HF_HOME`` / ``HF_HUB_CACHE``."""
-    from longvideo_r1.models import MODEL_NAMES, prepare_models
+def resolve_model(config: PipelineConfig, corpus_dir: Path | None = None, store: Path | None = None) -> Path:
+    """The policy's checkpoint folder: a prepared model name (built in ``models_dir``, shared by runs),
+    a model fitted to this run's corpus, a local transformers folder, or a model hub id
+    (``Qwen/Qwen3-8B``) resolved by ``huggingface_hub.snapshot_download``, which honours
+    ``HF_HUB_OFFLINE=1`` (the local cache only) and ``HF_HOME`` / ``HF_HUB_CACHE``.
+
+    ``fitted-qwen3`` is fitted to the text of ``corpus_dir`` and ``store``
+    (:func:`~longvideo_r1.trainer.fitting_text.corpus_texts`) with ``model_options`` and built in
+    ``OUTPUT_DIR/model/fitted-qwen3``: it belongs to the run, as its corpus does. Its marker holds the
+    text's digest, so the folder is rebuilt when the corpus or the captions change and skipped
+    otherwise (the text is recomputed each time, in seconds).
+    """
+    from longvideo_r1.models import (FITTED_MODEL_NAMES, FITTED_QWEN3, MODEL_NAMES, make_fitted_qwen3, marker_params,
+                                     prepare_models)
 
     if config.model in MODEL_NAMES:
         return prepare_models(config.models_dir, [config.model])[config.model]
+    if config.model == FITTED_QWEN3:
+        if corpus_dir is None or store is None:
+            raise InputError(f"model {config.model}: is fitted to a corpus; the pipeline builds it after the "
+                             "captions stage (or `lvr1 models prepare --only fitted-qwen3 --fit-on RUN_DIR`)")
+        from longvideo_r1.trainer.fitting_text import corpus_texts
+
+        texts = corpus_texts(corpus_dir, store)
+        folder = Path(config.output_dir) / "model" / config.model
+        before = marker_params(folder, config.model)
+        folder = make_fitted_qwen3(folder, texts, config.model_options).resolve()
+        vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+        _log("model", f"{config.model} in {folder}: a tokenizer of {vocab} tokens fitted to {len(texts)} texts "
+                      f"({sum(map(len, texts)):,} characters) of this run's corpus"
+                      + (" (up to date)" if marker_params(folder, config.model) == before else " (built)"))
+        return folder
     path = Path(config.model)
     if (path / "config.json").is_file():
         return path
     if path.exists() or not _HUB_ID.fullmatch(config.model):
-        raise InputError(f"model {config.model}: neither a prepared model name ({', '.join(MODEL_NAMES)}), a "
-                         "transformers checkpoint folder with config.json, nor a model hub id like Qwen/Qwen3-8B")
+        raise InputError(f"model {config.model}: neither a prepared model name "
+                         f"({', '.join(MODEL_NAMES + FITTED_MODEL_NAMES)}), a transformers checkpoint folder with "
+                         "config.json, nor a model hub id like Qwen/Qwen3-8B")
     return hub_snapshot(config.model)
 
 
@@ -250,10 +275,14 @@ def hub_snapshot(repo_id: str) -> Path:
 
 
 def model_fingerprint(path: Path) -> str:
-    """What identifies a checkpoint folder's content: its files' names, sizes and modification times."""
+    """What identifies a checkpoint folder's content: its files' names, sizes and modification times,
+    and for a model fitted to a corpus the params of its marker (the fitting text's digest among them)."""
+    from longvideo_r1.models import FITTED_MODEL_NAMES, marker_params
+
     files = sorted((p.relative_to(path).as_posix(), p.stat().st_size, int(p.stat().st_mtime))
                    for p in path.rglob("*") if p.is_file())
-    return fingerprint(str(path.resolve()), files)
+    fitted = [params for name in FITTED_MODEL_NAMES if (params := marker_params(path, name)) is not None]
+    return fingerprint(str(path.resolve()), files, *fitted)
 
 
 def sft_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, path: Path) -> dict:
@@ -381,7 +410,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
 
         # the policy to start from
         t = time.perf_counter()
-        base = resolve_model(config)
+        base = resolve_model(config, corpus_dir, store)
         seconds["model"] = time.perf_counter() - t
         model_fp = fingerprint("model", model_fingerprint(base))
         start_ray(config)

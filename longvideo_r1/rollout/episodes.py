@@ -73,13 +73,14 @@ class RolloutEpisode:
     response_ids: list[int]
     response_mask: list[int]        # 1 on sampled tokens, 0 on observation tokens
     logprobs: list[float]           # rollout log-prob of each response token (0.0 where mask is 0)
-    text: str                       # the assistant turns joined (what a verl reward function receives)
+    text: str                       # what a verl reward function receives: the assistant turns joined
+                                    # (answer_rule valid: only the rounds the rules accepted)
     actions: list[dict]
     visited: list[tuple[int, ...]]
     answer: str | None
     costs: dict
     policy_version: int
-    finish: str                     # "answer" | "max_rounds" | "budget"
+    finish: str                     # "answer" | "max_rounds" | "budget" (the last two: truncated)
     width: int = 0
     duration: float = 0.0
     trace: dict = field(default_factory=dict, repr=False)
@@ -114,11 +115,17 @@ class RolloutTimings:
 
 
 def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config: RolloutConfig,
-                 timings: RolloutTimings | None = None, group_offset: int = 0) -> list[RolloutEpisode]:
-    """Play ``config.n`` episodes per question; results are grouped by question, in input order."""
+                 timings: RolloutTimings | None = None, group_offset: int = 0,
+                 answer_rule: str = "valid") -> list[RolloutEpisode]:
+    """Play ``config.n`` episodes per question; results are grouped by question, in input order.
+
+    ``answer_rule`` (:attr:`~longvideo_r1.agent.episode.EpisodeConfig.answer_rule`): which answer
+    ends an episode, and so which turns its ``text`` holds for the reward (``valid``: the accepted ones).
+    """
     timings = timings or RolloutTimings()
     chat = ChatTokens(engine.tokenizer)
     episode_config = EpisodeConfig(max_rounds=config.max_rounds, keep_malformed=True, last_round_note="append",
+                                   answer_rule=answer_rule,
                                    **({"system_template": config.system_template} if config.system_template else {}))
     t0 = time.perf_counter()
     live: list[_Live] = []
@@ -190,7 +197,8 @@ def _finish(item: _Live, version: int) -> RolloutEpisode:
     return RolloutEpisode(
         question=ep.question, group=item.group, sample=item.sample, prompt_ids=item.prompt_ids,
         response_ids=item.response_ids, response_mask=item.response_mask, logprobs=item.logprobs,
-        text=ep.solution_str(), actions=[t["action"] for t in trace["turns"]], visited=list(ep.visited),
+        text=ep.solution_str(accepted_only=ep.config.answer_rule == "valid"),
+        actions=[t["action"] for t in trace["turns"]], visited=list(ep.visited),
         answer=ep.answer, costs={**asdict(ep.costs), "model_seconds": ep.costs.model_seconds},
         policy_version=version, finish=item.finish or "max_rounds", width=ep.width, duration=ep.duration,
         trace=trace, episode=ep)

@@ -64,12 +64,12 @@ class RolloutWorker:
 
         return {"engine": self.engine.name, "version": self.engine.version, "pid": os.getpid()}
 
-    def rollout(self, questions: list[Question], config: RolloutConfig,
-                group_offset: int) -> tuple[list[RolloutEpisode], RolloutTimings]:
+    def rollout(self, questions: list[Question], config: RolloutConfig, group_offset: int,
+                answer_rule: str = "valid") -> tuple[list[RolloutEpisode], RolloutTimings]:
         from longvideo_r1.rollout.episodes import run_rollouts
 
         timings = RolloutTimings()
-        return run_rollouts(self.engine, self.tools, questions, config, timings, group_offset), timings
+        return run_rollouts(self.engine, self.tools, questions, config, timings, group_offset, answer_rule), timings
 
     def update_weights(self, named_tensors, version: int) -> int:
         self.engine.update_weights(named_tensors, version)
@@ -110,11 +110,12 @@ class RolloutPool:
         return [w for w in self.group if w is not None]
 
     def rollout(self, questions: list[Question], config: RolloutConfig,
-                chunks_per_worker: int = 2) -> list[RolloutEpisode]:
+                chunks_per_worker: int = 2, answer_rule: str = "valid") -> list[RolloutEpisode]:
         """All ``config.n`` samples of every question, grouped by question in input order.
 
         Questions go out in chunks (about ``chunks_per_worker`` per worker): big enough for the
         engine to batch many episodes, small enough that a slow or dead worker holds little.
+        ``answer_rule``: see :func:`~longvideo_r1.rollout.episodes.run_rollouts`.
         """
         size = max(1, -(-len(questions) // (len(self.workers) * chunks_per_worker)))
         queue = [list(range(i, min(i + size, len(questions)))) for i in range(0, len(questions), size)]
@@ -124,7 +125,7 @@ class RolloutPool:
         while queue or running:
             while queue and idle:
                 worker, chunk = idle.pop(), queue.pop(0)
-                ref = worker.rollout.remote([questions[g] for g in chunk], config, chunk[0])
+                ref = worker.rollout.remote([questions[g] for g in chunk], config, chunk[0], answer_rule)
                 running[ref] = (worker, chunk)
             done, _ = ray.wait(list(running), num_returns=1)
             worker, chunk = running.pop(done[0])

@@ -357,6 +357,12 @@ class Learner:
         if micro_batches != self.engine.gradient_accumulation_steps():
             self.engine.set_train_batch_size(micro_batches * self.world_size)
 
+    def _mark_boundary(self, index: int, micro_batches: int) -> None:
+        """Tell DeepSpeed whether micro-batch ``index`` ends the step. Left to itself it counts
+        micro-batches over the whole run, so after a step with another number of them it would update
+        in the middle of a step (from part of its gradient) and carry the rest into the next one."""
+        self.engine.set_gradient_accumulation_boundary(index == micro_batches - 1)
+
     def _step_engine(self) -> None:
         """``engine.step()``; records the pre-clipping gradient norm where DeepSpeed does not (ZeRO-0, fp32)."""
         import torch
@@ -387,7 +393,8 @@ class Learner:
         self.engine.train()
         stats = StepStats()
         lr_before = float(self.scheduler.get_last_lr()[0])
-        for mb in micro_batches:
+        for k, mb in enumerate(micro_batches):
+            self._mark_boundary(k, len(micro_batches))
             mb = self._to_device(mb)
             lp = self.token_outputs("policy", mb)["logprobs"]
             token_sum = -(lp * mb["loss_mask"].float()).sum()
@@ -445,6 +452,13 @@ class Learner:
 
         ``normalisers``: ``tokens`` and ``sequences`` of the global step over every rank, and
         ``horizon`` (the padded response length, for seq-mean-token-sum-norm).
+
+        Besides the losses it reports the drift between the rollout and the learner:
+        ``logprob_diff_mean`` (this rank's share of the step's token mean) and ``logprob_diff_max`` of
+        ``|log-prob of the sampled token under these weights − old_logprobs|`` over the ``loss_mask``
+        tokens. Every micro-batch's forward runs before the one optimizer step, so in a step's first
+        ppo epoch these are the weights the rollout should have sampled with: the drift is then about
+        0, and a weight sync that did not happen shows as a large one.
         """
         from longvideo_r1.trainer import algos
 
@@ -459,14 +473,20 @@ class Learner:
         def add(name, value):
             sums[name] = sums.get(name, 0.0) + float(value)
 
+        sums["logprob_diff_mean"] = sums["logprob_diff_max"] = 0.0
+
         agg = global_agg_options(normalisers)
-        for mb in micro_batches:
+        for k, mb in enumerate(micro_batches):
+            self._mark_boundary(k, len(micro_batches))
             mb = self._to_device(mb)
             mask = mb["loss_mask"].float()
             share = float(mask.sum()) / agg["batch_num_tokens"]     # weight of this micro-batch's token means
             out = self.token_outputs("policy", mb, entropy=True if c.entropy_coef > 0 else "metric",
                                      values=c.value_head)
             lp = out["logprobs"]
+            drift = (lp.detach() - mb["old_logprobs"]).abs() * mask
+            add("logprob_diff_mean", drift.sum() / agg["batch_num_tokens"])
+            sums["logprob_diff_max"] = max(sums["logprob_diff_max"], float(drift.max()) if drift.numel() else 0.0)
             loss, pg = algos.policy_loss(mb["old_logprobs"], lp, mb["advantages"], mask, c.clip_low, c.clip_high,
                                          c.dual_clip, c.loss_agg, **agg)
             add("policy_loss", loss.detach())
@@ -524,10 +544,20 @@ class Learner:
         return {k: v.to(dtype) for k, v in state.items()}
 
     def publish_weights(self):
-        """Put the full weights in the Ray object store (rank 0); returns the ObjectRef (None elsewhere)."""
+        """Put the full weights in the Ray object store (rank 0); returns the ObjectRef (None elsewhere).
+
+        A parameter shared by several names (tied input and output embeddings) goes out under each of
+        them: vLLM's in-place reload (0.32) refreshes the output embedding of a tied model only when
+        it is named, and otherwise samples with the old one (caught by ``rollout/logprob_diff_mean``).
+        """
         state = self.full_state_dict()
         if state is None:
             return None
+        first: dict[int, str] = {}
+        for name, param in self.lm.named_parameters(remove_duplicate=False):
+            source = first.setdefault(id(param), name)
+            if source != name and source in state:
+                state[name] = state[source]
         import ray
 
         return ray.put(list(state.items()))

@@ -265,7 +265,8 @@ class LearnerGroup:
 
 
 def merge_stats(per_rank: list[StepStats]) -> dict:
-    """Sum the ranks' shares of the step's normalised quantities; grad norm and lr are global already."""
+    """Sum the ranks' shares of the step's normalised quantities (a key ending in ``_max`` takes the
+    largest rank's); grad norm and lr are global already."""
     first = per_rank[0]
     out = asdict(first)
     out.pop("extra")
@@ -273,5 +274,6 @@ def merge_stats(per_rank: list[StepStats]) -> dict:
     out["tokens"] = sum(s.tokens for s in per_rank)
     out["seconds"] = max(s.seconds for s in per_rank)
     for key in first.extra:
-        out[key] = sum(s.extra.get(key, 0.0) for s in per_rank)
+        values = [s.extra.get(key, 0.0) for s in per_rank]
+        out[key] = max(values) if key.endswith("_max") else sum(values)
     return out

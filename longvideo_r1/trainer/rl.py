@@ -4,10 +4,15 @@
         questions  = the next questions_per_step training questions (seeded order, epoch by epoch)
         episodes   = rollout pool (vLLM workers, n samples per question, groups kept together)
         rewards    = reward service (answer + localisation F1 − repeat; a failing scorer is a logged 0)
+                     [overlong: penalty] score − overlong_penalty for episodes cut by a budget
+        [refill]   = dynamic sampling: drop groups whose samples all scored the same, play new
+                     questions in their place (at most max_refill_rounds more rounds)
         batch      = the rollout batch as the learner reads it (sampled tokens trained, observations masked)
         [ref]      = reference log-probs (KL loss / KL in reward)      [values] = the critic's (ppo)
         advantages = the estimator registered as rl.algorithm in trainer.algos (grpo, ppo/GAE)
-        learner    = DeepSpeed update (clipped surrogate, KL, entropy, value loss)
+                     [overlong: mask] the truncated episodes' rows leave the loss
+        learner    = DeepSpeed update (clipped surrogate, KL, entropy, value loss); skipped when no
+                     group is left to train on
         weights    = published once to the object store, loaded by every rollout worker
         log        = per-step metrics; validation every val_every steps; checkpoint every save_every
 
@@ -22,16 +27,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longvideo_r1.agent.episode import ANSWER_RULES
 from longvideo_r1.errors import InputError
 from longvideo_r1.rollout.episodes import RolloutConfig
 from longvideo_r1.trainer.learner import LearnerConfig
 
 log = logging.getLogger("longvideo_r1.rl")
+
+OVERLONG = ("keep", "mask", "penalty")
+"""Values of ``rl.overlong``."""
+REFILL_SEED_STRIDE = 1_000_003
+"""Sampling seed offset of each refill round (round r of a step samples with seed + r × this)."""
 
 
 @dataclass
@@ -67,8 +79,47 @@ class RLConfig:
     """None: our compute_score; or "path/to/file.py:function" / "module:function" with verl's signature"""
     seed: int = 0
     """question order and the learner's seed (sampling: rollout.seed)"""
+    answer_rule: str = "valid"
+    """which answer ends a training episode and earns reward: "valid" (only an answer in a round the
+    episode rules accept; the reward reads the accepted rounds only) or "reference" (as the reference
+    implementation: any <answer>…</answer> ends the episode, even in a malformed round, and the reward
+    reads the last one in the whole text). Validation always uses "valid"."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling (grpo): drop the groups whose samples all scored the same and play new
+    questions in their place, until questions_per_step groups are kept or max_refill_rounds run out;
+    when no group is kept the step makes no update"""
+    max_refill_rounds: int = 2
+    """dynamic sampling: extra rollout rounds per step at most (0: only drop)"""
+    overlong: str = "keep"
+    """episodes cut by rollout.max_response_tokens or rollout.max_rounds: "keep" (trained as they are),
+    "mask" (out of the loss; their scores still count in their group's advantage statistics) or
+    "penalty" (overlong_penalty taken off their score)"""
+    overlong_penalty: float = 0.5
+    """overlong: penalty: what is taken off a truncated episode's score"""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+
+    def __post_init__(self):
+        if self.answer_rule not in ANSWER_RULES:
+            raise InputError(f"config key rl.answer_rule: {self.answer_rule!r} is not one of {', '.join(ANSWER_RULES)}")
+        if self.overlong not in OVERLONG:
+            raise InputError(f"config key rl.overlong: {self.overlong!r} is not one of {', '.join(OVERLONG)}")
+        if isinstance(self.max_refill_rounds, bool) or not isinstance(self.max_refill_rounds, int) \
+                or self.max_refill_rounds < 0:
+            raise InputError(f"config key rl.max_refill_rounds: {self.max_refill_rounds!r} must be a whole number, "
+                             "0 or more")
+        if isinstance(self.overlong_penalty, bool) or not isinstance(self.overlong_penalty, (int, float)) \
+                or not math.isfinite(self.overlong_penalty) or self.overlong_penalty < 0:
+            raise InputError(f"config key rl.overlong_penalty: {self.overlong_penalty!r} must be a finite number, "
+                             "0 or more")
+        if self.dynamic_sampling:
+            from longvideo_r1.trainer.algos import ADVANTAGE_ESTIMATORS
+
+            estimator = ADVANTAGE_ESTIMATORS.get(self.algorithm)      # an unknown name is refused elsewhere
+            if estimator is not None and estimator.needs_values:
+                raise InputError(f"config key rl.dynamic_sampling: it drops the groups whose samples all scored the "
+                                 f"same, which carry no signal only without a critic, and rl.algorithm "
+                                 f"{self.algorithm} has one; use grpo or set rl.dynamic_sampling: false")
 
 
 def question_order(count: int, per_step: int, step: int, seed: int) -> list[int]:
@@ -85,6 +136,17 @@ def question_order(count: int, per_step: int, step: int, seed: int) -> list[int]
         out += order[offset: offset + take]
         position += take
     return out
+
+
+def refill_order(count: int, need: int, step: int, round_: int, seed: int, played: list[int]) -> list[int]:
+    """Indices of ``need`` questions for refill round ``round_`` of ``step`` (dynamic sampling): a
+    permutation seeded by (seed, step, round), the questions not yet ``played`` this step first, so a
+    resumed run refills exactly as the uninterrupted one. Repeats only when the data runs out."""
+    order = list(range(count))
+    random.Random(f"refill:{seed}:{step}:{round_}").shuffle(order)
+    seen = set(played)
+    order = [i for i in order if i not in seen] + [i for i in order if i in seen]
+    return [order[k % count] for k in range(need)]
 
 
 class RLJob:
@@ -136,8 +198,10 @@ class RLJob:
         self.learner = LearnerGroup(learner_config, **self.groups.learner_kwargs())
         self.ckpt = self.out / "checkpoints"
         self.done = 0
+        self.skipped_updates = 0        # steps that made no update (dynamic sampling kept nothing)
         if resume and (self.ckpt / "latest").is_file():
-            self.done = self.learner.load(str(self.ckpt))["step"]
+            state = self.learner.load(str(self.ckpt))
+            self.done, self.skipped_updates = state["step"], state.get("skipped_updates", 0)
             log.info("RL resumed from %s at step %d", self.ckpt, self.done)
         spec = WorkerSpec(model=str(model), store=str(store), rollout=config.rollout,
                           num_cpus=placement.rollout.num_cpus, num_gpus=placement.rollout.num_gpus)
@@ -155,12 +219,13 @@ class RLJob:
                                      scorer=config.reward_scorer, num_cpus=reward["num_cpus"],
                                      scheduling_strategy=reward.get("scheduling_strategy"))
 
-    def rollout_config(self, validation: bool = False) -> RolloutConfig:
-        """The configured rollout, sampled anew each step; validation is one greedy episode per question."""
+    def rollout_config(self, validation: bool = False, refill_round: int = 0) -> RolloutConfig:
+        """The configured rollout, sampled anew each step (and each refill round); validation is one
+        greedy episode per question."""
         r = self.config.rollout
         if validation:
             return r.greedy(seed=r.seed + self.done)
-        return dataclasses.replace(r, seed=r.seed + self.done)
+        return dataclasses.replace(r, seed=r.seed + self.done + refill_round * REFILL_SEED_STRIDE)
 
     def before_first_step(self) -> dict:
         return self.validate() if self.config.val_every else {}
@@ -168,42 +233,84 @@ class RLJob:
     def train_step(self) -> dict:
         """One RL step; returns its metrics (validation figures included when due)."""
         from longvideo_r1.rollout.episodes import to_batch
-        from longvideo_r1.trainer.rl_batch import add_advantages, episode_metrics, reward_items
+        from longvideo_r1.trainer.rl_batch import (
+            add_advantages,
+            episode_metrics,
+            fill_groups,
+            mask_overlong,
+            penalise_overlong,
+            reward_items,
+            truncated,
+        )
 
         c = self.config
         step = self.done
-        timing = {}
+        timing = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+        played: list[int] = []
+
+        def play(round_: int, count: int):
+            if round_ == 0:
+                picked = question_order(len(self.train_questions), count, step, c.seed)
+            else:
+                picked = refill_order(len(self.train_questions), count, step, round_, c.seed, played)
+            played.extend(picked)
+            t = time.perf_counter()
+            episodes = self.pool.rollout([self.train_questions[i] for i in picked],
+                                         self.rollout_config(refill_round=round_), answer_rule=c.answer_rule)
+            timing["time/rollout_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            rewards = self.rewards.score(reward_items(episodes))
+            if c.overlong == "penalty":
+                rewards = penalise_overlong(episodes, rewards, c.overlong_penalty)
+            timing["time/reward_s"] += time.perf_counter() - t
+            return episodes, rewards
+
+        groups = fill_groups(play, c.questions_per_step, c.dynamic_sampling, c.max_refill_rounds)
+        episodes, rewards = groups.kept, groups.kept_rewards
+        metrics = {"rollout/constant_groups": groups.constant_groups, "rollout/dropped_groups": groups.dropped_groups,
+                   "rollout/kept_groups": groups.kept_groups, "rollout/refill_rounds": groups.refill_rounds,
+                   "rollout/overlong_penalised": sum(1 for e in groups.played if truncated(e))
+                   if c.overlong == "penalty" else 0, "rollout/overlong_masked": 0}
         t = time.perf_counter()
-        picked = question_order(len(self.train_questions), c.questions_per_step, step, c.seed)
-        episodes = self.pool.rollout([self.train_questions[i] for i in picked], self.rollout_config())
-        timing["time/rollout_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        rewards = self.rewards.score(reward_items(episodes))
-        timing["time/reward_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        batch = to_batch(episodes, self.pad_id)
-        values = None
-        if c.learner.kl_coef > 0 or c.kl_in_reward > 0:
-            batch["ref_logprobs"] = self.learner.ref_logprobs(batch)
-        if self.estimator.needs_values:
-            values = self.learner.values(batch)
-        metrics = add_advantages(batch, [r["score"] for r in rewards], c, values=values)
+        batch = None
+        if episodes:
+            batch = to_batch(episodes, self.pad_id)
+            values = None
+            if c.learner.kl_coef > 0 or c.kl_in_reward > 0:
+                batch["ref_logprobs"] = self.learner.ref_logprobs(batch)
+            if self.estimator.needs_values:
+                values = self.learner.values(batch)
+            metrics.update(add_advantages(batch, [r["score"] for r in rewards], c, values=values))
+            if c.overlong == "mask":
+                metrics["rollout/overlong_masked"] = mask_overlong(batch, episodes)
         timing["time/prepare_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        stats = {}
-        for _ in range(max(1, c.learner.ppo_epochs)):
-            stats = self.learner.rl_step(batch)
-        timing["time/update_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        self.done = step + 1
-        self.pool.update_weights(self.learner.publish_weights(), version=self.done)
-        timing["time/weight_sync_s"] = time.perf_counter() - t
-        metrics.update(episode_metrics(episodes, rewards))
-        metrics.update({f"learner/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
-        metrics["rollout/sampled_tokens_per_s"] = int(batch["loss_mask"].sum()) / max(timing["time/rollout_s"], 1e-9)
+        skip = batch is None or int(batch["loss_mask"].sum()) == 0
+        metrics["rollout/update_skipped"] = float(skip)
+        if skip:
+            # Nothing to train on: the weights stay as they are (no update, no sync), the step still counts.
+            log.warning("rl step %d: no group left to train on (%d dropped, %d refill rounds); no update",
+                        step + 1, groups.dropped_groups, groups.refill_rounds)
+            self.skipped_updates += 1
+            self.done = step + 1
+        else:
+            t = time.perf_counter()
+            epochs = [self.learner.rl_step(batch) for _ in range(max(1, c.learner.ppo_epochs))]
+            timing["time/update_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            self.done = step + 1
+            self.pool.update_weights(self.learner.publish_weights(), version=self.done)
+            timing["time/weight_sync_s"] = time.perf_counter() - t
+            # the drift of the first epoch, whose forward passes all ran on the weights the rollout sampled with
+            for key in ("logprob_diff_mean", "logprob_diff_max"):
+                metrics[f"rollout/{key}"] = epochs[0][key]
+            metrics.update({f"learner/{k}": v for k, v in epochs[-1].items()
+                            if isinstance(v, (int, float)) and not k.startswith("logprob_diff")})
+        metrics.update(episode_metrics(groups.played, groups.played_rewards))
+        sampled = sum(sum(e.response_mask) for e in groups.played)
+        metrics["rollout/sampled_tokens_per_s"] = sampled / max(timing["time/rollout_s"], 1e-9)
         metrics.update(timing)
         metrics["time/step_s"] = sum(timing.values())
-        self._write_samples(step, episodes, rewards)
+        self._write_samples(step, groups.played, groups.played_rewards)
         if (c.val_every and self.done % c.val_every == 0) or self.done == self.total_steps:
             metrics.update(self.validate())
         log.info("rl step %d/%d reward %.3f acc %.2f rounds %.1f (%.1f s)", self.done, self.total_steps,
@@ -232,8 +339,9 @@ class RLJob:
 
     def save(self, interrupted: bool = False) -> None:
         if interrupted:   # an update the learner finished after the interrupt counts as done (its rollout is not redone)
-            self.done = max(self.done, self.learner.step // max(1, self.config.learner.ppo_epochs))
-        self.learner.save(str(self.ckpt), {"step": self.done})
+            updates = self.learner.step // max(1, self.config.learner.ppo_epochs)
+            self.done = max(self.done, updates + self.skipped_updates)
+        self.learner.save(str(self.ckpt), {"step": self.done, "skipped_updates": self.skipped_updates})
 
     def export(self, directory: Path) -> None:
         self.learner.export(str(directory))
