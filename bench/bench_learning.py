@@ -31,7 +31,7 @@ CURVE = [  # history key, header, format
     ("rollout/accuracy", "accuracy", "{:.3f}"),
     ("rollout/answered", "answered", "{:.2f}"),
     ("rollout/valid_tool_call_share", "valid calls/turn", "{:.2f}"),
-    ("rollout/invalid_turn_share", "invalid/turn", "{:.2f}"),
+    ("rollout/invalid_round_share", "invalid/turn", "{:.2f}"),
     ("rollout/truncated_share", "truncated", "{:.2f}"),
     ("rollout/get_caption_calls", "get_caption/ep", "{:.2f}"),
     ("rollout/logprob_diff_mean", "logprob drift", "{:.1e}"),
@@ -80,7 +80,7 @@ def rl_tables(history: list[dict]) -> tuple[list[str], dict]:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for name, h in (("before RL", before), ("after RL", after)):
             lines.append(f"| {name} | {h['step'] + 1} | {h['val/accuracy']:.3f} | {h['val/reward_mean']:.3f} | "
-                         f"{_fmt(h.get('val/answered'), '{:.2f}')} | {_fmt(h.get('val/invalid_turn_share'), '{:.2f}')} | "
+                         f"{_fmt(h.get('val/answered'), '{:.2f}')} | {_fmt(h.get('val/invalid_round_share'), '{:.2f}')} | "
                          f"{_fmt(h.get('val/get_caption_calls'), '{:.2f}')} |")
     return lines, figures
 

@@ -229,6 +229,8 @@ def test_the_pipeline_fits_it_to_the_runs_corpus_and_its_fingerprint_follows_the
     assert folder == (out / "model" / FITTED_QWEN3).resolve() and is_complete(folder, FITTED_QWEN3)
     first = model_fingerprint(folder)
     assert resolve_model(config, corpus, demo_store) == folder and model_fingerprint(folder) == first
+    moved = shutil.copytree(folder, tmp_path / "renamed-run" / "model" / FITTED_QWEN3)   # copy2 keeps mtimes
+    assert model_fingerprint(moved) == first          # a moved run folder keeps its SFT and RL stages
     rows = demo_corpus.questions()
     rows[0]["question"] = "Which glockenspiel melody plays while the hedgehog juggles?"
     (corpus / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

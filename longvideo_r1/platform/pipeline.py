@@ -276,13 +276,15 @@ def hub_snapshot(repo_id: str) -> Path:
 
 def model_fingerprint(path: Path) -> str:
     """What identifies a checkpoint folder's content: its files' names, sizes and modification times,
-    and for a model fitted to a corpus the params of its marker (the fitting text's digest among them)."""
+    and its absolute path; for a model fitted to a corpus (it lives inside the run folder) the params
+    of its marker (the fitting text's digest among them) instead of the path, so a run folder that
+    is moved or renamed keeps its SFT and RL stages."""
     from longvideo_r1.models import FITTED_MODEL_NAMES, marker_params
 
     files = sorted((p.relative_to(path).as_posix(), p.stat().st_size, int(p.stat().st_mtime))
                    for p in path.rglob("*") if p.is_file())
     fitted = [params for name in FITTED_MODEL_NAMES if (params := marker_params(path, name)) is not None]
-    return fingerprint(str(path.resolve()), files, *fitted)
+    return fingerprint(files, *fitted) if fitted else fingerprint(str(path.resolve()), files)
 
 
 def sft_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, path: Path) -> dict:
