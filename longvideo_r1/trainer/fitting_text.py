@@ -68,19 +68,13 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
 
 
 def _read_questions(corpus_dir: Path) -> list[dict]:
-    from longvideo_r1.jsonl import json_lines
+    from longvideo_r1.trainer.splits import read_questions
 
     path = corpus_dir / "questions.jsonl"
     if not path.is_file():
         raise InputError(f"corpus {corpus_dir}: no questions.jsonl, so there is no question text to fit a "
                          "tokenizer on; give a corpus folder (a pipeline run's OUTPUT_DIR/corpus)")
-    rows = []
-    for n, row in json_lines(path.read_text(encoding="utf-8"), f"corpus questions {path}", "fix the line"):
-        if not isinstance(row, dict) or not row.get("video_id") or not row.get("question"):
-            raise InputError(f"corpus questions {path} line {n}: a question needs video_id and question")
-        row.setdefault("qid", f"{row['video_id']}:{n}")
-        rows.append(row)
-    return rows
+    return read_questions(path)
 
 
 def _train_qids(corpus_dir: Path) -> set[str]:

@@ -28,6 +28,18 @@ def episode_config(max_rounds: int = MAX_ROUNDS, system_template: str = DEFAULT_
 
 # ====================================================================== the corpus
 
+def read_questions(path: Path) -> list[dict]:
+    """Every row of a corpus's ``questions.jsonl`` (each with ``video_id`` and ``question``; a row
+    without ``qid`` gets ``<video_id>:<line>``)."""
+    rows = []
+    for n, row in json_lines(path.read_text(encoding="utf-8"), f"corpus questions {path}", "fix the line"):
+        if not isinstance(row, dict) or not row.get("video_id") or not row.get("question"):
+            raise InputError(f"corpus questions {path} line {n}: a question needs video_id and question")
+        row.setdefault("qid", f"{row['video_id']}:{n}")
+        rows.append(row)
+    return rows
+
+
 def load_corpus_split(corpus_dir: str | Path, split: str) -> list[dict]:
     """The rows of ``questions.jsonl`` that belong to ``split`` (by their ``split`` key or ``splits.json``)."""
     root = Path(corpus_dir)
@@ -39,12 +51,7 @@ def load_corpus_split(corpus_dir: str | Path, split: str) -> list[dict]:
         raise InputError(f"corpus {root}: no questions.jsonl; a corpus folder holds questions.jsonl, "
                          "splits.json and videos/ (see `lvr1 corpus demo`)")
     splits = read_splits_json(root / "splits.json") or {}
-    rows = []
-    for n, row in json_lines(path.read_text(encoding="utf-8"), f"corpus questions {path}", "fix the line"):
-        if not isinstance(row, dict) or not row.get("video_id") or not row.get("question"):
-            raise InputError(f"corpus questions {path} line {n}: a question needs video_id and question")
-        row.setdefault("qid", f"{row['video_id']}:{n}")
-        rows.append(row)
+    rows = read_questions(path)
     in_split = set(splits.get(split) or [])
     chosen = [r for r in rows if r.get("split", split if r["video_id"] in in_split else None) == split]
     known = list(dict.fromkeys([*splits, *(r["split"] for r in rows if r.get("split"))]))
