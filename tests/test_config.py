@@ -103,7 +103,7 @@ def test_a_contradiction_or_a_bad_key_is_refused_at_load_naming_the_key(override
 
 
 def test_the_algorithm_decides_the_value_head_and_kl_in_reward_applies_to_ppo():
-    config = load_config(CONFIGS / "demo-cpu.yaml", ["rl.algorithm=ppo", "rl.kl_in_reward=0.05",
+    config = load_config(CONFIGS / "demo-cpu.yaml", ["rl.algorithm=ppo", "rl.dynamic_sampling=false", "rl.kl_in_reward=0.05",
                                                       "rl.kl_in_reward_kind=k3"])
     assert config.rl.algorithm == "ppo" and config.rl.kl_in_reward_kind == "k3"
 
