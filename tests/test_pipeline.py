@@ -16,7 +16,8 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 SMALL = ["corpus.videos=2", "corpus.minutes=2", "sft.epochs=1", "rl.steps=2", "rl.questions_per_step=2",
          "rl.rollout.n=2", "rl.rollout.max_rounds=3", "rl.rollout.max_turn_tokens=24", "rl.val_every=2",
          "rl.val_questions=2", "rl.save_every=1", "eval.max_rounds=3", "eval.baselines=[random]",
-         "rl.rollout.engine_options={max_model_len: 8192}"]
+         "rl.rollout.engine_options={max_model_len: 8192}",
+         "rl.dynamic_sampling=false"]     # a 1-epoch model scores 0 everywhere: DAPO would skip every update
 
 
 def run_pipeline(out, *extra, small=True):
