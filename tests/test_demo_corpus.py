@@ -230,3 +230,32 @@ def test_rejects_bad_arguments(tmp_path):
         generate_demo_corpus(tmp_path, videos=0)
     with pytest.raises(InputError):
         generate_demo_corpus(tmp_path, videos=1, size=(321, 180))
+
+
+def test_dense_questions_ask_about_every_sign_of_the_same_video():
+    for index in range(3):
+        script, standard = plan_video(f"demo_{index:03d}", index, seed=0)
+        dense_script, dense = plan_video(f"demo_{index:03d}", index, seed=0, dense=True)
+        assert dense_script == script                      # the video does not depend on the questions
+        cue_signs = {j for _, j in script.sign_cues}
+        asked = Counter(q["task_type"] for q in dense)
+        assert asked["text_detail"] == len(script.signs) - len(cue_signs) > 3
+        assert asked["count"] == 3 and asked["event_order"] >= 2
+        assert len(dense) >= 1.5 * len(standard)
+        assert len({q["question"] for q in dense}) == len(dense)
+        letters = Counter(q["answer"] for q in dense)
+        assert max(letters.values()) - min(letters.values()) <= 1
+        for q in dense:
+            assert len(set(q["options"])) == 4 and q["answer"] in LETTERS
+
+
+def test_dense_train_changes_only_the_train_questions(tmp_path):
+    a = generate_demo_corpus(tmp_path / "a", videos=3, minutes=3.0, seed=4, audio=False)
+    b = generate_demo_corpus(tmp_path / "b", videos=3, minutes=3.0, seed=4, audio=False, dense_train=True)
+    assert a["videos"] == b["videos"]
+    qa = [json.loads(x) for x in (tmp_path / "a/questions.jsonl").read_text().splitlines()]
+    qb = [json.loads(x) for x in (tmp_path / "b/questions.jsonl").read_text().splitlines()]
+    for split in ("val", "test"):
+        assert [q for q in qa if q["split"] == split] == [q for q in qb if q["split"] == split]
+    assert sum(q["split"] == "train" for q in qb) > sum(q["split"] == "train" for q in qa)
+    assert json.loads((tmp_path / "b/corpus.json").read_text())["dense_train"] is True

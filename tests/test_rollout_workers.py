@@ -79,3 +79,16 @@ def test_a_worker_killed_mid_batch_costs_no_episode(pool, tiny_navigator_dir):
     finally:
         pool.update_weights(trained.state_dict().items(), version=4)
     assert all(e.answer == "B" for e in pool.rollout(qs[:4], RolloutConfig(n=1, max_rounds=4, temperature=0.0)))
+
+
+def test_a_checkpoint_folder_is_loaded_in_place_where_the_workers_run(pool, tiny_navigator_dir):
+    base = tiny_navigator_dir.parent / "base"
+    try:
+        pool.load_weights(str(base), version=3)
+        episodes = pool.rollout(questions(4), RolloutConfig(n=1, max_rounds=2, temperature=0.0, max_turn_tokens=16))
+        assert all(e.policy_version == 3 and e.answer is None for e in episodes)
+        assert pool.spec.model == str(base)       # a replacement worker would start from these weights
+    finally:
+        pool.load_weights(str(tiny_navigator_dir), version=4)
+    episodes = pool.rollout(questions(4), RolloutConfig(n=1, max_rounds=4, temperature=0.0))
+    assert all(e.policy_version == 4 and e.answer == "B" for e in episodes)

@@ -647,8 +647,12 @@ def _count_questions(rng, script: Script) -> list[dict]:
     return out
 
 
-def make_questions(script: Script, rng: np.random.Generator) -> list[dict]:
-    """CG-Bench-style multiple-choice questions about one script (options shuffled, letters balanced)."""
+def make_questions(script: Script, rng: np.random.Generator, dense: bool = False) -> list[dict]:
+    """CG-Bench-style multiple-choice questions about one script (options shuffled, letters balanced).
+
+    ``dense``: a text-detail question for every sign that is not a dialogue cue (instead of 3-7),
+    three event-order questions and all three count questions, whatever the length: about 2-3x the
+    questions of the same video, for training videos (the video itself does not change)."""
     d = script.duration
     drafts: list[dict] = []
     cue_signs = {j for _, j in script.sign_cues}
@@ -656,18 +660,21 @@ def make_questions(script: Script, rng: np.random.Generator) -> list[dict]:
         drafts.append(_after_line_sign(rng, script, script.lines[i], script.signs[j]))
     for i, k in script.scene_cues:
         drafts.append(_after_line_scene(rng, script, script.lines[i], script.scenes[k]))
-    n_text = int(np.clip(round(d / 400) + 3, 3, 7))
     candidates = [i for i in range(len(script.signs)) if i not in cue_signs]
+    n_text = len(candidates) if dense else int(np.clip(round(d / 400) + 3, 3, 7))
     text_signs = _pick(rng, candidates, n_text)
     drafts += [_text_detail(rng, script, script.signs[i]) for i in text_signs]
-    n_order = 1 if d < 300 else min(3, 2 + int(d >= 1800))
+    n_order = 3 if dense else 1 if d < 300 else min(3, 2 + int(d >= 1800))
     for _ in range(n_order):
         q = _event_order(rng, script, set(text_signs) | cue_signs)
         if q is not None and q["answer"] not in [x["answer"] for x in drafts]:
             q.pop("events")
             drafts.append(q)
     counts = _count_questions(rng, script)
-    drafts += counts if d >= 600 else counts[:2]
+    drafts += counts if d >= 600 or dense else counts[:2]
+    # two scenes that look alike would ask one question twice with two answers: keep the first
+    seen: set[str] = set()
+    drafts = [q for q in drafts if not (q["question"] in seen or seen.add(q["question"]))]
 
     letters = []
     while len(letters) < len(drafts):
@@ -698,24 +705,27 @@ def split_videos(video_ids: list[str], rng: np.random.Generator) -> dict[str, li
 
 
 def plan_video(video_id: str, index: int, seed: int = 0, minutes: float | None = None, fps: int = 2,
-               size: tuple[int, int] = (320, 180)) -> tuple[Script, list[dict]]:
-    """The script and questions of the ``index``-th video of a corpus, without rendering anything."""
+               size: tuple[int, int] = (320, 180), dense: bool = False) -> tuple[Script, list[dict]]:
+    """The script and questions (``dense``: see :func:`make_questions`) of the ``index``-th video of a
+    corpus, without rendering anything. The script does not depend on ``dense``."""
     rng = np.random.default_rng([seed, index])
     if minutes is None:
         seconds = float(rng.uniform(20, 60)) * 60
     else:
         seconds = float(minutes) * 60 * float(rng.uniform(0.8, 1.2))
     script = make_script(video_id, float(max(60, round(seconds))), fps, size, rng)
-    return script, make_questions(script, rng)
+    return script, make_questions(script, rng, dense=dense)
 
 
 def generate_demo_corpus(out_dir, videos: int = 8, minutes: float | None = None, seed: int = 0, fps: int = 2,
-                         size: tuple[int, int] = (320, 180), audio: bool = True) -> dict:
+                         size: tuple[int, int] = (320, 180), audio: bool = True, dense_train: bool = False) -> dict:
     """Write the demo corpus under ``out_dir`` and return a summary.
 
     ``minutes=None`` draws each video's length from 20–60 minutes; otherwise each lasts about
     ``minutes`` (±20 %, at least one minute). ``audio`` adds espeak-ng speech for the dialogue when
     espeak-ng is installed (skipped silently otherwise; subtitles are always written).
+    ``dense_train``: the train split's videos get dense questions (:func:`make_questions`); validation
+    and test keep the standard set, so held-out figures stay comparable.
     """
     if videos < 1:
         raise InputError(f"demo corpus: videos={videos}; ask for at least one video")
@@ -735,7 +745,8 @@ def generate_demo_corpus(out_dir, videos: int = 8, minutes: float | None = None,
 
     manifest_videos, all_questions = [], []
     for index, video_id in enumerate(ids):
-        script, questions = plan_video(video_id, index, seed, minutes, int(fps), (width, height))
+        script, questions = plan_video(video_id, index, seed, minutes, int(fps), (width, height),
+                                       dense=dense_train and split_of[video_id] == "train")
         for q in questions:
             q["split"] = split_of[video_id]
         track = _dialogue_audio(script) if audio else None
@@ -755,6 +766,7 @@ def generate_demo_corpus(out_dir, videos: int = 8, minutes: float | None = None,
             fh.write(json.dumps(q) + "\n")
     (out / "splits.json").write_text(json.dumps(splits, indent=1))
     manifest = {"generator": "longvideo_r1.corpus.demo", "version": GENERATOR_VERSION, "seed": seed,
+                "dense_train": bool(dense_train),
                 "fps": int(fps), "size": [width, height], "videos": manifest_videos}
     (out / "corpus.json").write_text(json.dumps(manifest, indent=1))
     by_type = {t: sum(q["task_type"] == t for q in all_questions) for t in TASK_TYPES}
@@ -773,10 +785,13 @@ def main(argv=None) -> None:
     parser.add_argument("--fps", type=int, default=2)
     parser.add_argument("--size", default="320x180", help="WIDTHxHEIGHT")
     parser.add_argument("--no-audio", action="store_true", help="do not synthesise speech for the dialogue")
+    parser.add_argument("--dense-train", action="store_true",
+                        help="a question for every sign of the train videos (2-3x the training questions)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     print(json.dumps(generate_demo_corpus(args.out_dir, args.videos, args.minutes, args.seed, args.fps,
-                                          (width, height), audio=not args.no_audio), indent=1))
+                                          (width, height), audio=not args.no_audio,
+                                          dense_train=args.dense_train), indent=1))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,36 @@ def _done(path: Path, qids: set) -> bool:
     return path.is_file() and qids <= {r["qid"] for r in read_results(path)}
 
 
-def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Path, config) -> Path:
-    """Play every question with checkpoint ``model`` (greedy) and write ``out/<label>.jsonl``."""
+# config.json keys that say nothing about the weights' shapes or how text becomes tokens
+_LOOSE_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "use_cache"}
+_TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
+                    "generation_config.json")
+# tokenizer_config.json keys that a save by another transformers version writes differently (the
+# fast tokenizer itself is tokenizer.json, compared byte for byte)
+_LOOSE_TOKENIZER_KEYS = {"is_local", "local_files_only", "tokenizer_class", "name_or_path"}
+
+
+def engine_key(model: Path) -> tuple | None:
+    """What must match for two checkpoints to share one engine: the model config (shapes) and the
+    tokenizer/chat-template files byte for byte. None when the folder has no config.json."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None
+    shape = {k: v for k, v in json.loads(config.read_text()).items() if k not in _LOOSE_KEYS}
+    files = tuple((name, (Path(model) / name).read_bytes() if (Path(model) / name).is_file() else None)
+                  for name in _TOKENIZER_FILES)
+    tok = Path(model) / "tokenizer_config.json"
+    tok_config = {k: v for k, v in json.loads(tok.read_text()).items() if k not in _LOOSE_TOKENIZER_KEYS} \
+        if tok.is_file() else None
+    return json.dumps(shape, sort_keys=True), json.dumps(tok_config, sort_keys=True), files
+
+
+def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Path, config, pool=None) -> Path:
+    """Play every question with checkpoint ``model`` (greedy) and write ``out/<label>.jsonl``.
+
+    ``pool``: a rollout pool whose engine already holds ``model``'s weights (see :func:`evaluate_stage`);
+    without it a one-worker pool is started for this checkpoint and shut down after.
+    """
     from longvideo_r1.eval.evaluate import PolicySpec, episode_record
     from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
 
@@ -32,13 +60,17 @@ def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Pa
         return path
     # rl.rollout's engine and token limits, played greedily, one episode per question, to eval.max_rounds
     rollout = config.rl.rollout.greedy(max_rounds=config.eval.max_rounds, seed=0)
-    pool = RolloutPool(WorkerSpec(model=str(model), store=str(store), rollout=rollout, num_cpus=1.0), num_workers=1)
+    own = pool is None
+    if own:
+        pool = RolloutPool(WorkerSpec(model=str(model), store=str(store), rollout=rollout, num_cpus=1.0),
+                           num_workers=1)
     try:
         t0 = time.perf_counter()
         episodes = pool.rollout(questions, rollout)
         wall = (time.perf_counter() - t0) / max(1, len(episodes))
     finally:
-        pool.shutdown()
+        if own:
+            pool.shutdown()
     policy = PolicySpec(label, f"checkpoint:{model}")
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:
@@ -46,6 +78,40 @@ def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Pa
             f.write(json.dumps(episode_record(e.episode, policy, benchmark.tasks_of(e.question), wall)) + "\n")
     tmp.replace(path)
     return path
+
+
+def evaluate_checkpoints(models: dict[str, Path], benchmark, store: Path, out: Path, config) -> dict[str, str]:
+    """Every checkpoint in ``models`` (label -> folder), in order. Checkpoints with the same model config
+    and tokenizer share one engine: the next one's weights are loaded in place instead of starting a
+    new vLLM engine (on this CPU machine ~10-20 s each). Returns label -> "new engine" | "reloaded" |
+    "done" (its result file already covered every question)."""
+    from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
+
+    rollout = config.rl.rollout.greedy(max_rounds=config.eval.max_rounds, seed=0)
+    qids = {q.qid for q in benchmark.questions}
+    how: dict[str, str] = {}
+    pool, key = None, None
+    try:
+        for version, (label, model) in enumerate(models.items(), start=1):
+            if _done(out / f"{label}.jsonl", qids):
+                how[label] = "done"
+                continue
+            this = engine_key(model)
+            if pool is not None and this is not None and this == key:
+                pool.load_weights(str(model), version)
+                how[label] = "reloaded"
+            else:
+                if pool is not None:
+                    pool.shutdown()
+                pool = RolloutPool(WorkerSpec(model=str(model), store=str(store), rollout=rollout, num_cpus=1.0),
+                                   num_workers=1)
+                key = this
+                how[label] = "new engine"
+            evaluate_checkpoint(label, model, benchmark, store, out, config, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return how
 
 
 def evaluate_stage(config, corpus_dir: Path, store: Path, models: dict[str, Path], out: Path, run=None) -> dict:
@@ -58,8 +124,7 @@ def evaluate_stage(config, corpus_dir: Path, store: Path, models: dict[str, Path
         benchmark = load_benchmark(corpus_dir / "questions.jsonl", "lvr1", split=config.eval.split)
     except InputError as exc:
         raise InputError(f"evaluation split {config.eval.split!r}: {exc}") from None
-    for label, model in models.items():
-        evaluate_checkpoint(label, model, benchmark, store, out, config)
+    evaluate_checkpoints(models, benchmark, store, out, config)
     if config.eval.baselines:
         run_eval(benchmark, store, [PolicySpec(b, b) for b in config.eval.baselines], out,
                  EvalConfig(max_rounds=config.eval.max_rounds, progress=False, video_qa=config.rl.rollout.video_qa,

@@ -32,7 +32,8 @@ CAPTIONER_HELP = ("openai: a vision-language model behind an OpenAI-compatible e
 def _cmd_corpus_demo(args) -> int:
     from longvideo_r1.corpus.demo import generate_demo_corpus
 
-    summary = generate_demo_corpus(args.out, videos=args.videos, minutes=args.minutes, seed=args.seed)
+    summary = generate_demo_corpus(args.out, videos=args.videos, minutes=args.minutes, seed=args.seed,
+                                   dense_train=args.dense_train)
     print(json.dumps(summary, indent=1), file=args.stdout)
     return 0
 
@@ -403,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None,
                    help="about this many minutes per video (default: 20-60 minutes each)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--dense-train", action="store_true",
+                   help="a question for every sign of the train videos (2-3x the training questions)")
     p.set_defaults(func=_cmd_corpus_demo)
 
     p = corpus.add_parser("check", help="read every annotation row and probe every video before training; list "

@@ -73,6 +73,9 @@ class CorpusConfig:
     """source demo: length of each video in minutes (±20%); None draws 20–60 minutes per video"""
     seed: int = 0
     """source demo: generator seed (the same seed gives the same corpus)"""
+    dense_train: bool = False
+    """source demo: a question for every sign of the train videos (2-3x the training questions; the
+    videos and the validation and test questions do not change)"""
 
 
 @dataclass

@@ -114,8 +114,10 @@ def corpus_fingerprint(config: PipelineConfig) -> str:
     an added video redoes the corpus and everything after it)."""
     c = config.corpus
     if c.source == "demo":
-        return fingerprint("corpus", _section(c, drop=("path", "annotations", "format", "splits")))
-    return fingerprint("corpus", _section(c, drop=("videos", "minutes", "seed")),
+        # dense_train off leaves the fingerprint of corpora built before the key existed as it was
+        return fingerprint("corpus", _section(c, drop=("path", "annotations", "format", "splits")
+                                              + (() if c.dense_train else ("dense_train",))))
+    return fingerprint("corpus", _section(c, drop=("videos", "minutes", "seed", "dense_train")),
                        _listing(Path(c.annotations)), _listing(Path(c.path)))
 
 
@@ -135,7 +137,7 @@ def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> None:
         from longvideo_r1.corpus.demo import generate_demo_corpus
 
         _log("corpus", f"generating {c.videos} demo videos into {corpus_dir}")
-        generate_demo_corpus(corpus_dir, videos=c.videos, minutes=c.minutes, seed=c.seed)
+        generate_demo_corpus(corpus_dir, videos=c.videos, minutes=c.minutes, seed=c.seed, dense_train=c.dense_train)
         return
     from longvideo_r1.corpus.check import check_corpus, write_corpus
 

@@ -75,10 +75,40 @@ class RolloutWorker:
         self.engine.update_weights(named_tensors, version)
         return self.engine.version
 
+    def load_weights(self, folder: str, version: int) -> int:
+        """Load a checkpoint folder's weights in place (same architecture and tokenizer as the engine's)."""
+        self.engine.update_weights(checkpoint_tensors(folder), version)
+        return self.engine.version
+
     def stats(self) -> dict:
         from dataclasses import asdict
 
         return asdict(self.engine.stats)
+
+
+def checkpoint_tensors(folder: str) -> list:
+    """``(name, tensor)`` pairs of a transformers checkpoint's safetensors files; a tied output
+    embedding is added under its own name (vLLM's in-place reload only refreshes what is named)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(folder)
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise InputError(f"checkpoint {folder}: no *.safetensors file to load weights from")
+    state: dict = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    config = json.loads((root / "config.json").read_text()) if (root / "config.json").is_file() else {}
+    if config.get("tie_word_embeddings"):
+        for prefix in ("model.", ""):
+            embed = state.get(f"{prefix}embed_tokens.weight")
+            if embed is not None:
+                state.setdefault("lm_head.weight", embed)
+                break
+    return list(state.items())
 
 
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -95,6 +125,7 @@ class RolloutPool:
         if num_workers < 1:
             raise InputError(f"rollout workers: need at least one, got {num_workers}")
         self.spec = spec
+        self._captions = captions
         self._weights = None            # (ObjectRef of the named tensors, version) last pushed
         self.group = ActorGroup(RolloutWorker, num_workers, (spec, captions),
                                 options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
@@ -171,6 +202,16 @@ class RolloutPool:
         self._weights = (ref, version)
         versions = ray.get([w.update_weights.remote(ref, version) for w in self.workers])
         log.info("weights v%d pushed to %d workers in %.2f s", version, len(versions), time.perf_counter() - t0)
+
+    def load_weights(self, folder: str, version: int) -> None:
+        """Every worker reloads its weights from checkpoint ``folder`` (read where the worker runs)."""
+        t0 = time.perf_counter()
+        ray.get([w.load_weights.remote(str(folder), version) for w in self.workers])
+        self._weights = None            # a replacement worker starts from spec.model: not these weights
+        self.spec = WorkerSpec(**{**self.spec.__dict__, "model": str(folder)})
+        args = (self.spec, self._captions)
+        self.group.args = lambda slot: args
+        log.info("weights of %s loaded by %d workers in %.2f s", folder, len(self.workers), time.perf_counter() - t0)
 
     def stats(self) -> list[dict]:
         return ray.get([w.stats.remote() for w in self.workers])
