@@ -68,7 +68,7 @@ def test_later_files_and_overrides_win_key_by_key(tmp_path):
     config = load_config([CONFIGS / "demo-cpu.yaml", cluster, experiment], ["rl.rollout.n=5"])
     assert config.rl.steps == 7 and config.rl.rollout.n == 5 and config.rl.rollout.threads == 2
     assert config.rl.rollout.max_turn_tokens == 96          # kept from the first file
-    assert config.rl.learner.lr == 1e-4 and config.placement.learner.num_cpus == 0.5
+    assert config.rl.learner.lr == 2e-4 and config.placement.learner.num_cpus == 0.5
 
 
 @pytest.mark.parametrize("override, key", [

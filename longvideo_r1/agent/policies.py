@@ -321,13 +321,6 @@ def clue_segments(question: Question, width: int, num_frames: int, fps: float,
     return out[:limit] if limit else out
 
 
-def _ids_text(ids: tuple[int, ...]) -> str:
-    """A segment id in prose: 3 for a high-level segment, (3, 2) and (3, 2, 5) below. The spaces keep
-    it apart from the call's (3,2): written the same, a small model cannot tell where an id ends
-    (measured: its greedy turns ran on "(2,2,4,4,4,...")."""
-    return str(ids[0]) if len(ids) == 1 else "(" + ", ".join(map(str, ids)) + ")"
-
-
 class OraclePolicy:
     """Walks straight to the clue intervals, top-down, and answers (the SFT teacher with truth answers)."""
 
@@ -376,15 +369,17 @@ class OraclePolicy:
         evidence = collect_evidence(episode)
         parent = next((e for e in reversed(evidence) if e.ids == ids[:-1] and e.level != "video_qa"), None)
         shared = sorted(words & _words(parent.text)) if parent else []
-        # Short, and the ids are its only numbers (the times are in the observation; copied into the
-        # thinking they were where a small policy's turns broke down, e.g. "(1.0.0.0.0...").
-        where = f"The {parent.level}-level caption of {_ids_text(parent.ids)}" if parent else "This part"
-        because = (f"{where} mentions {', '.join(shared[:3])}." if shared else f"{where} may hold the moment.")
+        where = (f"The {parent.level}-level caption of {parent.ids if len(parent.ids) > 1 else parent.ids[0]} "
+                 f"({parent.start}–{parent.end} s)") if parent else "This part"
+        because = (f"{where} mentions {', '.join(shared[:4])}, which the question is about."
+                   if shared else f"{where} is where the moment the question describes most likely is.")
         if kind == "get_caption":
             level = "medium" if len(ids) == 2 else "low"
-            return tool_turn(f"{because} I will read the {level}-level caption of {_ids_text(ids)}.", _ids_call(ids))
+            return tool_turn(f"{because} I will read the {level}-level caption of {ids} to narrow it down.",
+                             _ids_call(ids))
         query = video_qa_query(q)
-        return tool_turn(f"The low-level caption of {_ids_text(ids)} covers the moment; I will ask video QA for the detail.",
+        return tool_turn(f"The low-level caption of {ids} covers the moment, but I need the exact detail, "
+                         "so I will ask the video QA model.",
                          f"video_qa(({','.join(map(str, ids))}), \"{query}\")")
 
     def _answer_text(self, episode: Episode) -> str:
@@ -396,7 +391,7 @@ class OraclePolicy:
         found = next((e for e in reversed(collect_evidence(episode)) if _mentions(option, e.text)), None)
         if found is not None:
             source = "video QA answer" if found.level == "video_qa" else f"{found.level}-level caption"
-            reason = f"The {source} for {_ids_text(found.ids)} mentions \"{option}\", which is option {q.answer}."
+            reason = f"The {source} for {found.ids} mentions \"{option}\", which is option {q.answer}."
         else:
             reason = f"From what I have read, option {q.answer} ({option}) fits best."
         return f"<think>{reason}</think><answer>{q.answer}</answer>"
