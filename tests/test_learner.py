@@ -341,3 +341,24 @@ def test_bad_learner_configs_are_named(tmp_path):
         _check(LearnerConfig(model=str(tmp_path), zero_stage=4))
     with pytest.raises(InputError, match="loss_agg"):
         _check(LearnerConfig(model=str(tmp_path), loss_agg="mean"))
+
+
+def test_old_checkpoints_are_deleted_after_a_save_and_the_kept_one_resumes(ray_local, tiny_qwen3_dir, tmp_path):
+    cfg = config(tiny_qwen3_dir, micro_batch_tokens=100)
+    ckpt = tmp_path / "ckpt"
+    group = LearnerGroup(cfg)
+    try:
+        for step in range(5):
+            group.sft_step(sft_batch(20 + step))
+            group.save(str(ckpt), {"position": step + 1}, keep_last=2, keep_every=2)
+    finally:
+        group.shutdown()
+    # steps 1-5 saved; kept: the newest two (4, 5) and every 2nd (2, 4); 1 and 3 deleted
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["step000002", "step000004", "step000005"]
+    assert (ckpt / "latest").read_text().strip() == "step000005"
+    resumed = LearnerGroup(cfg)
+    try:
+        assert resumed.load(str(ckpt)) == {"position": 5} and resumed.step == 5
+        assert resumed.load(str(ckpt), tag="step000002") == {"position": 2}
+    finally:
+        resumed.shutdown()

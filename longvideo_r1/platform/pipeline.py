@@ -43,8 +43,10 @@ DATA_OPERATIONAL = ("concurrency", "price_per_input_token", "price_per_output_to
 SFT_DATA_KEYS = ("teacher", "played", "kept", "failed", "correct_rate", "mean_rounds", "teacher_calls",
                  "prompt_tokens", "completion_tokens", "teacher_seconds", "cost_usd", "seconds")
 """what the summary keeps of the teacher's run"""
-RL_OPERATIONAL = ("val_every", "val_questions", "save_every", "reward_timeout_s")
+RL_OPERATIONAL = ("val_every", "val_questions", "save_every", "reward_timeout_s", "keep_last", "keep_every")
 """rl keys that change what is logged or how often it is saved, not what is trained"""
+SFT_OPERATIONAL = ("keep_last", "keep_every")
+"""sft keys that change which checkpoints stay on disk, not what is trained"""
 
 
 def _log(stage: str, message: str) -> None:
@@ -432,7 +434,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
                 return finish()
             from longvideo_r1.trainer.sft import train_sft
 
-            sft_fp = fingerprint("sft", sft_data_fp, model_fp, _section(config.sft))
+            sft_fp = fingerprint("sft", sft_data_fp, model_fp, _section(config.sft, drop=SFT_OPERATIONAL))
             sft_dir = out / "sft"
             _, summary = stage("sft", sft_fp, sft_dir / "model" / "config.json", [sft_dir], lambda run: train_sft(
                 config.sft, data_path, base, sft_dir, log_metrics=run.log_metrics, placement=config.placement))

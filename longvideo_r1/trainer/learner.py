@@ -562,8 +562,13 @@ class Learner:
 
         return ray.put(list(state.items()))
 
-    def save_checkpoint(self, directory: str, client_state: dict | None = None) -> str:
-        """Model, optimizer, scheduler, RNG states and ``client_state`` (data position, …) under ``directory``."""
+    def save_checkpoint(self, directory: str, client_state: dict | None = None, keep_last: int = 0,
+                        keep_every: int = 0) -> str:
+        """Model, optimizer, scheduler, RNG states and ``client_state`` (data position, …) under ``directory``.
+
+        Then rank 0 (it sees the folder every rank wrote to) deletes older checkpoints beyond
+        ``keep_last`` (0 keeps all), keeping every ``keep_every``-th step
+        (:func:`longvideo_r1.trainer.loop.prune_checkpoints`)."""
         import numpy as np
         import torch
 
@@ -573,6 +578,10 @@ class Learner:
             rng["cuda"] = torch.cuda.get_rng_state()
         state = {"step": self.step, "client": client_state or {}, f"rng_rank{self.rank}": rng}
         self.engine.save_checkpoint(directory, tag=tag, client_state=state)
+        if self.rank == 0 and keep_last > 0:   # DeepSpeed's save ends with a barrier: every shard is written
+            from longvideo_r1.trainer.loop import prune_checkpoints
+
+            prune_checkpoints(directory, keep_last, keep_every)
         return tag
 
     def load_checkpoint(self, directory: str, tag: str | None = None) -> dict:

@@ -237,9 +237,11 @@ class LearnerGroup:
         """ObjectRef of the full weights (list of (name, tensor)), ready for ``RolloutPool.update_weights``."""
         return self._wait_for_ranks([rank.publish_weights.remote() for rank in self.ranks])[0]
 
-    def save(self, directory: str, client_state: dict | None = None) -> str:
-        """A checkpoint of every rank under ``directory``; returns its tag."""
-        return self._wait_for_ranks([rank.save_checkpoint.remote(directory, client_state) for rank in self.ranks])[0]
+    def save(self, directory: str, client_state: dict | None = None, keep_last: int = 0, keep_every: int = 0) -> str:
+        """A checkpoint of every rank under ``directory``; returns its tag. Older ones beyond ``keep_last``
+        (0 keeps all) are then deleted, except every ``keep_every``-th step."""
+        return self._wait_for_ranks([rank.save_checkpoint.remote(directory, client_state, keep_last, keep_every)
+                                     for rank in self.ranks])[0]
 
     def load(self, directory: str, tag: str | None = None) -> dict:
         """Resume from the checkpoint ``tag`` (default: the latest) under ``directory``; its client state."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +44,46 @@ class TrainingJob(Protocol):
     def export(self, directory: Path) -> None: ...
     def summary(self, history: list[dict], seconds: float) -> dict: ...
     def shutdown(self) -> None: ...
+
+
+_TAG = re.compile(r"step(\d+)")
+
+
+def checkpoints_to_delete(tags: list[str], latest: str | None, keep_last: int, keep_every: int = 0) -> list[str]:
+    """Which checkpoint tags (``stepNNNNNN`` folders) retention deletes: all but the ``keep_last`` newest
+    up to ``latest`` (0 keeps all), those whose number is a multiple of ``keep_every`` (0: none),
+    ``latest`` itself and any tag newer than ``latest`` (a save that never finished, or a later run's:
+    not ours to judge). Names that are not tags are never touched."""
+    if keep_last <= 0:
+        return []
+    numbered = sorted((int(m.group(1)), t) for t in tags if (m := _TAG.fullmatch(t)))
+    top = int(_TAG.fullmatch(latest).group(1)) if latest and _TAG.fullmatch(latest) else None
+    if top is None:          # no finished save to anchor on: delete nothing
+        return []
+    eligible = [(n, t) for n, t in numbered if n <= top]
+    keep = {t for _, t in eligible[-keep_last:]} | {latest}
+    if keep_every > 0:
+        keep |= {t for n, t in eligible if n % keep_every == 0}
+    return [t for _, t in eligible if t not in keep]
+
+
+def prune_checkpoints(directory: str | Path, keep_last: int, keep_every: int = 0) -> list[str]:
+    """Delete the checkpoints :func:`checkpoints_to_delete` names under ``directory`` (reads its
+    ``latest`` file); returns the deleted tags."""
+    import shutil
+
+    root = Path(directory)
+    latest_file = root / "latest"
+    if not root.is_dir() or not latest_file.is_file():
+        return []
+    latest = latest_file.read_text().strip()
+    tags = [p.name for p in root.iterdir() if p.is_dir()]
+    doomed = checkpoints_to_delete(tags, latest, keep_last, keep_every)
+    for tag in doomed:
+        shutil.rmtree(root / tag, ignore_errors=True)
+    if doomed:
+        log.info("checkpoints: deleted %s (keep_last %d, keep_every %d)", ", ".join(doomed), keep_last, keep_every)
+    return doomed
 
 
 def read_history(path: Path, done: int, offset: int) -> list[dict]:

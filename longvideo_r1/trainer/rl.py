@@ -74,6 +74,10 @@ class RLConfig:
     val_questions: int = 0
     """validation questions used (0 = all of the validation split)"""
     save_every: int = 5
+    keep_last: int = 2
+    """checkpoints kept: the newest this many (0 = all), plus every keep_every-th learner step"""
+    keep_every: int = 0
+    """also keep every checkpoint whose learner optimizer step (tag stepNNNNNN) is a multiple of this (0 = none)"""
     reward_timeout_s: float = 30.0
     reward_scorer: str | None = None
     """None: our compute_score; or "path/to/file.py:function" / "module:function" with verl's signature"""
@@ -341,7 +345,8 @@ class RLJob:
         if interrupted:   # an update the learner finished after the interrupt counts as done (its rollout is not redone)
             updates = self.learner.step // max(1, self.config.learner.ppo_epochs)
             self.done = max(self.done, updates + self.skipped_updates)
-        self.learner.save(str(self.ckpt), {"step": self.done, "skipped_updates": self.skipped_updates})
+        self.learner.save(str(self.ckpt), {"step": self.done, "skipped_updates": self.skipped_updates},
+                          self.config.keep_last, self.config.keep_every)
 
     def export(self, directory: Path) -> None:
         self.learner.export(str(directory))

@@ -37,6 +37,10 @@ class SFTConfig:
     """validation loss every this many steps (0: at the end of each epoch)"""
     save_every: int = 0
     """checkpoint every this many steps (0: at the end of each epoch)"""
+    keep_last: int = 2
+    """checkpoints kept: the newest this many (0 = all), plus every keep_every-th step"""
+    keep_every: int = 0
+    """also keep every checkpoint whose optimizer step is a multiple of this (0 = none)"""
     seed: int = 0
     learner: LearnerConfig = field(default_factory=LearnerConfig)
 
@@ -142,7 +146,8 @@ class SFTJob:
 
     def save(self, interrupted: bool = False) -> None:
         epoch, index = divmod(self.done, self.per_epoch)
-        self.group.save(str(self.ckpt), {"epoch": epoch, "index": index, "interrupted": interrupted})
+        self.group.save(str(self.ckpt), {"epoch": epoch, "index": index, "interrupted": interrupted},
+                        self.config.keep_last, self.config.keep_every)
 
     def export(self, directory: Path) -> None:
         self.group.export(str(directory))
