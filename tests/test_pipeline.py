@@ -137,7 +137,9 @@ def test_ctrl_c_during_sft_checkpoints_marks_the_run_killed_and_a_rerun_continue
     import mlflow
 
     out = tmp_path / "run"
-    sets = [a for kv in SMALL + [f"output_dir={out}", "sft.batch_tokens=3000", "sft.epochs=3"] for a in ("--set", kv)]
+    # enough steps that the interrupt lands mid-run even on a loaded machine (the fitted model's SFT
+    # of 3 epochs here took a few seconds and once finished before SIGINT arrived)
+    sets = [a for kv in SMALL + [f"output_dir={out}", "sft.batch_tokens=3000", "sft.epochs=12"] for a in ("--set", kv)]
     cmd = [sys.executable, "-m", "longvideo_r1.platform.cli", "train", "sft", "--config", str(DEMO_CONFIG), *sets]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     history = out / "sft" / "history.jsonl"
