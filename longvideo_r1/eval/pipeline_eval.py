@@ -45,32 +45,15 @@ def engine_key(model: Path) -> tuple | None:
     return json.dumps(shape, sort_keys=True), json.dumps(tok_config, sort_keys=True), files
 
 
-def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Path, config, pool=None) -> Path:
-    """Play every question with checkpoint ``model`` (greedy) and write ``out/<label>.jsonl``.
-
-    ``pool``: a rollout pool whose engine already holds ``model``'s weights (see :func:`evaluate_stage`);
-    without it a one-worker pool is started for this checkpoint and shut down after.
-    """
+def evaluate_checkpoint(label: str, model: Path, benchmark, out: Path, pool, rollout) -> Path:
+    """Play every question with checkpoint ``model`` (greedy ``rollout``) on ``pool``, whose engine
+    already holds ``model``'s weights, and write ``out/<label>.jsonl``."""
     from longvideo_r1.eval.evaluate import PolicySpec, episode_record
-    from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
 
     path = out / f"{label}.jsonl"
-    questions = benchmark.questions
-    if _done(path, {q.qid for q in questions}):
-        return path
-    # rl.rollout's engine and token limits, played greedily, one episode per question, to eval.max_rounds
-    rollout = config.rl.rollout.greedy(max_rounds=config.eval.max_rounds, seed=0)
-    own = pool is None
-    if own:
-        pool = RolloutPool(WorkerSpec(model=str(model), store=str(store), rollout=rollout, num_cpus=1.0),
-                           num_workers=1)
-    try:
-        t0 = time.perf_counter()
-        episodes = pool.rollout(questions, rollout)
-        wall = (time.perf_counter() - t0) / max(1, len(episodes))
-    finally:
-        if own:
-            pool.shutdown()
+    t0 = time.perf_counter()
+    episodes = pool.rollout(benchmark.questions, rollout)
+    wall = (time.perf_counter() - t0) / max(1, len(episodes))
     policy = PolicySpec(label, f"checkpoint:{model}")
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:
@@ -80,38 +63,34 @@ def evaluate_checkpoint(label: str, model: Path, benchmark, store: Path, out: Pa
     return path
 
 
-def evaluate_checkpoints(models: dict[str, Path], benchmark, store: Path, out: Path, config) -> dict[str, str]:
-    """Every checkpoint in ``models`` (label -> folder), in order. Checkpoints with the same model config
-    and tokenizer share one engine: the next one's weights are loaded in place instead of starting a
-    new vLLM engine (on this CPU machine ~10-20 s each). Returns label -> "new engine" | "reloaded" |
-    "done" (its result file already covered every question)."""
+def evaluate_checkpoints(models: dict[str, Path], benchmark, store: Path, out: Path, config) -> None:
+    """Every checkpoint in ``models`` (label -> folder), in order, on a one-worker vLLM pool; a label
+    whose result file already covers every question is not replayed. Checkpoints with the same model
+    config and tokenizer (:func:`engine_key`) share one engine: the next one's weights are loaded in
+    place instead of starting a new engine (on this CPU machine ~10-20 s each)."""
     from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
 
+    # rl.rollout's engine and token limits, played greedily, one episode per question, to eval.max_rounds
     rollout = config.rl.rollout.greedy(max_rounds=config.eval.max_rounds, seed=0)
     qids = {q.qid for q in benchmark.questions}
-    how: dict[str, str] = {}
     pool, key = None, None
     try:
         for version, (label, model) in enumerate(models.items(), start=1):
             if _done(out / f"{label}.jsonl", qids):
-                how[label] = "done"
                 continue
             this = engine_key(model)
             if pool is not None and this is not None and this == key:
                 pool.load_weights(str(model), version)
-                how[label] = "reloaded"
             else:
                 if pool is not None:
                     pool.shutdown()
                 pool = RolloutPool(WorkerSpec(model=str(model), store=str(store), rollout=rollout, num_cpus=1.0),
                                    num_workers=1)
                 key = this
-                how[label] = "new engine"
-            evaluate_checkpoint(label, model, benchmark, store, out, config, pool=pool)
+            evaluate_checkpoint(label, model, benchmark, out, pool, rollout)
     finally:
         if pool is not None:
             pool.shutdown()
-    return how
 
 
 def evaluate_stage(config, corpus_dir: Path, store: Path, models: dict[str, Path], out: Path, run=None) -> dict:

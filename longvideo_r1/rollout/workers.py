@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -208,7 +208,7 @@ class RolloutPool:
         t0 = time.perf_counter()
         ray.get([w.load_weights.remote(str(folder), version) for w in self.workers])
         self._weights = None            # a replacement worker starts from spec.model: not these weights
-        self.spec = WorkerSpec(**{**self.spec.__dict__, "model": str(folder)})
+        self.spec = replace(self.spec, model=str(folder))
         args = (self.spec, self._captions)
         self.group.args = lambda slot: args
         log.info("weights of %s loaded by %d workers in %.2f s", folder, len(self.workers), time.perf_counter() - t0)

@@ -56,10 +56,11 @@ def checkpoints_to_delete(tags: list[str], latest: str | None, keep_last: int, k
     not ours to judge). Names that are not tags are never touched."""
     if keep_last <= 0:
         return []
-    numbered = sorted((int(m.group(1)), t) for t in tags if (m := _TAG.fullmatch(t)))
-    top = int(_TAG.fullmatch(latest).group(1)) if latest and _TAG.fullmatch(latest) else None
-    if top is None:          # no finished save to anchor on: delete nothing
+    anchor = _TAG.fullmatch(latest or "")
+    if anchor is None:       # no finished save to anchor on: delete nothing
         return []
+    top = int(anchor.group(1))
+    numbered = sorted((int(m.group(1)), t) for t in tags if (m := _TAG.fullmatch(t)))
     eligible = [(n, t) for n, t in numbered if n <= top]
     keep = {t for _, t in eligible[-keep_last:]} | {latest}
     if keep_every > 0:
