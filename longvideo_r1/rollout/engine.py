@@ -58,6 +58,14 @@ class Engine(Protocol):
 
     def update_weights(self, named_tensors: Iterable[tuple[str, "object"]], version: int) -> None: ...
 
+    # the collective path (rollout/weight_sync.py): join the learner's group, load a plan's buckets
+    def join_sync_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                        timeout_s: float) -> list[dict]: ...
+
+    def receive_weights(self, plan, version: int) -> dict: ...
+
+    def leave_sync_group(self) -> None: ...
+
 
 def cpu_vllm_environment() -> None:
     """Environment vLLM needs on a CPU-only machine and inside Ray actors (set before importing vllm)."""
@@ -86,6 +94,9 @@ class VLLMEngine:
         on_gpu = torch.cuda.is_available()
         if dtype == "auto" and not on_gpu:
             dtype = "float32"   # bf16 matmuls on old CPUs are slow or unsupported
+        from longvideo_r1.rollout.weight_sync import EXTENSION
+
+        extra.setdefault("worker_extension_cls", EXTENSION)   # the collective weight sync's receiving end
         try:
             self.llm = LLM(model=str(model), dtype=dtype, max_model_len=max_model_len, seed=seed,
                            tensor_parallel_size=tensor_parallel_size,
@@ -134,6 +145,30 @@ class VLLMEngine:
         self.version = version
         self.stats.weight_updates += 1
         self.stats.update_seconds += time.perf_counter() - t0
+
+    def join_sync_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                        timeout_s: float) -> list[dict]:
+        """Every worker of the engine (one per tensor-parallel rank) joins; their ranks and dtypes."""
+        return self.llm.collective_rpc("lvr_join_sync_group",
+                                       args=(host, port, rank_offset, world_size, backend, timeout_s))
+
+    def receive_weights(self, plan, version: int) -> dict:
+        """Load the learner's broadcast of ``plan`` in place; the engine takes ``version`` only if every
+        worker received every bucket (otherwise it keeps its old version and must be synced again)."""
+        t0 = time.perf_counter()
+        results = self.llm.collective_rpc("lvr_receive_weights", args=(plan,))
+        ok = all(r["ok"] for r in results)
+        self.llm.reset_prefix_cache()
+        if ok:
+            self.version = version
+            self.stats.weight_updates += 1
+            self.stats.update_seconds += time.perf_counter() - t0
+        return {"ok": ok, "error": "; ".join(r["error"] for r in results if r["error"]),
+                "bytes": sum(r["bytes"] for r in results), "version": self.version,
+                "seconds": time.perf_counter() - t0}
+
+    def leave_sync_group(self) -> None:
+        self.llm.collective_rpc("lvr_leave_sync_group")
 
 
 class HFEngine:
@@ -229,6 +264,33 @@ class HFEngine:
         self.version = version
         self.stats.weight_updates += 1
         self.stats.update_seconds += time.perf_counter() - t0
+
+    def join_sync_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                        timeout_s: float) -> list[dict]:
+        from longvideo_r1.rollout.weight_sync import SyncGroup
+
+        self.leave_sync_group()
+        device = self.device if backend == "nccl" else "cpu"
+        self._group = SyncGroup(host, port, rank_offset, world_size, backend, timeout_s, device)
+        return [{"rank": rank_offset, "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.")}]
+
+    def receive_weights(self, plan, version: int) -> dict:
+        from longvideo_r1.rollout.weight_sync import receive_stream
+
+        t0 = time.perf_counter()
+        result = {"ok": True, "error": "", "bytes": 0, "buckets": 0}
+        if getattr(self, "_group", None) is None or self._group.pg is None:
+            result.update(ok=False, error="not in a weight-sync group")
+        else:
+            named = [(n, t.clone()) for n, t in receive_stream(self._group, plan, result)]
+            if result["ok"]:
+                self.update_weights(named, version)
+        return {**result, "version": self.version, "seconds": time.perf_counter() - t0}
+
+    def leave_sync_group(self) -> None:
+        group, self._group = getattr(self, "_group", None), None
+        if group is not None:
+            group.close()
 
 
 def make_engine(kind: str, model: str, **options) -> Engine:

@@ -4,7 +4,8 @@ The driver hands out work one question group at a time (all ``n`` samples of a q
 worker, so GRPO groups stay together), to whichever worker is free: fast workers take more. If a
 worker dies mid-batch, the groups it held are queued again for the others and a replacement worker
 is started with the latest weights, so the batch still completes. Weight updates are put in the
-object store once and fanned out to every worker.
+object store once and fanned out to every worker, or broadcast to them over a collective
+(trainer/weight_sync.py drives that; each worker's engine receives through rollout/weight_sync.py).
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ class RolloutWorker:
         self.engine.update_weights(named_tensors, version)
         return self.engine.version
 
+    def join_sync_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                        timeout_s: float) -> list[dict]:
+        """Join the learner's weight-sync group (rollout/weight_sync.py) at ranks ``rank_offset`` + TP rank."""
+        return self.engine.join_sync_group(host, port, rank_offset, world_size, backend, timeout_s)
+
+    def receive_weights(self, plan, version: int) -> dict:
+        """Receive and load the learner's broadcast of ``plan``; ``ok`` and the engine's version after it."""
+        return self.engine.receive_weights(plan, version)
+
+    def leave_sync_group(self) -> None:
+        self.engine.leave_sync_group()
+
     def load_weights(self, folder: str, version: int) -> int:
         """Load a checkpoint folder's weights in place (same architecture and tokenizer as the engine's)."""
         self.engine.update_weights(checkpoint_tensors(folder), version)
@@ -134,6 +147,9 @@ class RolloutPool:
         self.group.start()              # raises the engine's own error (e.g. a bad model folder)
         self.restarts = 0
         self.timings = RolloutTimings()
+        self.catch_up = None
+        """``catch_up(worker)``: gives a replacement worker the current weights (the collective weight
+        sync sets it, trainer/weight_sync.py); None: the last weights pushed through the object store"""
 
     @property
     def workers(self) -> list:
@@ -177,19 +193,33 @@ class RolloutPool:
 
     def _replace(self, dead, idle: list) -> None:
         """A new worker in the dead one's slot (same options), with the latest weights, joins ``idle``."""
+        worker = self.replace(dead)
+        if worker is not None:
+            idle.append(worker)
+
+    def replace(self, dead, weights: bool = True):
+        """Start a new worker in ``dead``'s slot (same options) and return it; ``weights``: give it the
+        latest weights (through ``catch_up`` when set, else from the object store). None when it could
+        not start (the pool goes on with the workers that are left)."""
         self.restarts += 1
         slot = self.group.slot_of(dead)
         try:
             self.group.restart(slot)
-            if self._weights is not None:
+            if weights and self.catch_up is not None:
+                self.catch_up(self.group[slot])
+            elif weights and self._weights is not None:
                 ray.get(self.group[slot].update_weights.remote(*self._weights))
         except Exception as exc:  # the batch goes on with the workers that are left
             self.group.kill(slot)
             log.error("could not start a replacement rollout worker: %s", exc)
             if not self.workers:
                 raise InputError("rollout workers: every worker died and none could be restarted") from None
-            return
-        idle.append(self.group[slot])
+            return None
+        return self.group[slot]
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return int(self.spec.rollout.engine_options.get("tensor_parallel_size", 1) or 1)
 
     def update_weights(self, named_tensors, version: int) -> None:
         """Push new weights to every worker (one copy in the object store); returns when all have them.

@@ -562,6 +562,72 @@ class Learner:
 
         return ray.put(list(state.items()))
 
+    # ---------------------------------------------- collective weight sync (rollout/weight_sync.py)
+
+    def weight_plan(self, dtype: str, bucket_bytes: int):
+        """The buckets every receiver expects: the language model's parameters in model order (full
+        shapes under ZeRO-3), a tied parameter once with its other names as aliases."""
+        from longvideo_r1.rollout.weight_sync import plan_buckets
+
+        names: dict[int, list[str]] = {}
+        params = {}
+        for name, param in self.lm.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+            params.setdefault(id(param), param)
+        specs = [(ns[0], tuple(getattr(params[i], "ds_shape", params[i].shape)), tuple(ns[1:]))
+                 for i, ns in names.items()]
+        return plan_buckets(specs, dtype, bucket_bytes)
+
+    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> int:
+        """Rank 0 hosts the group's store at ``host:port`` and is its rank 0 (the sender); other ranks
+        only take part in the ZeRO-3 gathers of :meth:`send_weights`."""
+        self.leave_sync_group()
+        if self.rank == 0:
+            from longvideo_r1.rollout.weight_sync import SyncGroup
+
+            device = self.device if backend == "nccl" else "cpu"
+            self._sync = SyncGroup(host, port, 0, world_size, backend, timeout_s, device)
+        return self.rank
+
+    def send_weights(self, plan) -> dict:
+        """Broadcast the weights bucket by bucket (every rank calls this: under ZeRO-3 each bucket is
+        gathered from all ranks). A failed broadcast (a receiver died or timed out) aborts the group
+        and the ranks still run the remaining gathers, so DeepSpeed's own group stays in step."""
+        import contextlib
+
+        from longvideo_r1.rollout.weight_sync import pack
+
+        t0 = time.perf_counter()
+        group = getattr(self, "_sync", None)
+        result = {"ok": self.rank != 0 or group is not None, "error": "" if self.rank != 0 or group is not None
+                  else "learner rank 0 is not in a weight-sync group", "bytes": 0, "buckets": 0}
+        params = dict(self.lm.named_parameters())
+        for bucket in plan.buckets:
+            tensors = [params[e.name] for e in bucket.entries]
+            gather = contextlib.nullcontext()
+            if self.config.zero_stage == 3:
+                import deepspeed
+
+                gather = deepspeed.zero.GatheredParameters(tensors, modifier_rank=None)
+            with gather:
+                if self.rank != 0 or not result["ok"]:
+                    continue
+                try:
+                    group.broadcast(pack(bucket, [t.detach() for t in tensors], plan.dtype, group.device))
+                except Exception as exc:
+                    result.update(ok=False, error=" ".join(str(exc).split())[:300])
+                    group.close(abort=True)
+                    continue
+                result["bytes"] += bucket.nbytes
+                result["buckets"] += 1
+        result["seconds"] = time.perf_counter() - t0
+        return result
+
+    def leave_sync_group(self) -> None:
+        group, self._sync = getattr(self, "_sync", None), None
+        if group is not None:
+            group.close()
+
     def save_checkpoint(self, directory: str, client_state: dict | None = None, keep_last: int = 0,
                         keep_every: int = 0) -> str:
         """Model, optimizer, scheduler, RNG states and ``client_state`` (data position, …) under ``directory``.

@@ -237,6 +237,25 @@ class LearnerGroup:
         """ObjectRef of the full weights (list of (name, tensor)), ready for ``RolloutPool.update_weights``."""
         return self._wait_for_ranks([rank.publish_weights.remote() for rank in self.ranks])[0]
 
+    def weight_plan(self, dtype: str, bucket_bytes: int):
+        """The bucket plan of the collective weight sync (:meth:`Learner.weight_plan`)."""
+        import ray
+
+        return ray.get(self.ranks[0].weight_plan.remote(dtype, bucket_bytes))
+
+    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> list:
+        """ObjectRefs of every rank's join (rank 0 blocks until all members of the group are in)."""
+        return [rank.join_sync_group.remote(host, port, world_size, backend, timeout_s) for rank in self.ranks]
+
+    def send_weights(self, plan) -> list:
+        """ObjectRefs of every rank's :meth:`Learner.send_weights` (rank 0's result is the sender's)."""
+        return [rank.send_weights.remote(plan) for rank in self.ranks]
+
+    def leave_sync_group(self) -> None:
+        import ray
+
+        ray.get([rank.leave_sync_group.remote() for rank in self.ranks])
+
     def save(self, directory: str, client_state: dict | None = None, keep_last: int = 0, keep_every: int = 0) -> str:
         """A checkpoint of every rank under ``directory``; returns its tag. Older ones beyond ``keep_last``
         (0 keeps all) are then deleted, except every ``keep_every``-th step."""

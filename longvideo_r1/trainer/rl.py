@@ -79,6 +79,17 @@ class RLConfig:
     keep_every: int = 0
     """also keep every checkpoint whose learner optimizer step (tag stepNNNNNN) is a multiple of this (0 = none)"""
     reward_timeout_s: float = 30.0
+    weight_sync: str = "auto"
+    """how new weights reach the rollout engines: collective (learner rank 0 broadcasts buckets to the
+    engines over NCCL on GPUs, gloo on CPU), object_store (one copy in Ray's object store that every
+    worker loads), or auto (collective when the rollout workers have GPUs)"""
+    weight_sync_backend: str = "auto"
+    """collective: nccl, gloo, or auto (nccl on GPUs unless rollout and learner share GPUs, else gloo)"""
+    weight_sync_bucket_mb: float = 512.0
+    """collective: size of one broadcast bucket (the weights are gathered from ZeRO-3 shards bucket by bucket)"""
+    weight_sync_timeout_s: float = 120.0
+    """collective: timeout of forming the group and of each bucket's broadcast; then the dead or silent
+    workers are replaced and the sync retried once, then done through the object store"""
     reward_scorer: str | None = None
     """None: our compute_score; or "path/to/file.py:function" / "module:function" with verl's signature"""
     seed: int = 0
@@ -175,7 +186,7 @@ class RLJob:
         if config.val_questions:
             self.val_questions = self.val_questions[: config.val_questions]
         placement = placement or PlacementConfig()
-        self.pool = self.rewards = self.learner = self.groups = None
+        self.pool = self.rewards = self.learner = self.groups = self.sync = None
         try:
             self._start(config, store, model, captions, placement, resume)
         except BaseException:
@@ -214,8 +225,16 @@ class RLJob:
                 **spec.rollout.engine_options, "tensor_parallel_size": placement.rollout.tensor_parallel_size})
         self.pool = RolloutPool(spec, num_workers=placement.rollout.count, captions=captions,
                                 actor_options=lambda i: self.groups.actor_options("rollout", i))
+        from longvideo_r1.rollout.weight_sync import choose_backend
+        from longvideo_r1.trainer.weight_sync import WeightSync, choose_mode
+
+        on_gpu = placement.rollout.num_gpus > 0 and placement.learner.num_gpus > 0
+        colocated = any({"rollout", "learner"} <= set(g) for g in placement.colocate)
+        self.sync = WeightSync(self.learner, self.pool, choose_mode(config.weight_sync, on_gpu),
+                               choose_backend(config.weight_sync_backend, on_gpu, colocated),
+                               config.weight_sync_bucket_mb, config.weight_sync_timeout_s)
         if self.done:
-            self.pool.update_weights(self.learner.publish_weights(), version=self.done)
+            self.sync.push(self.done)
         # one reward actor sits in the role's bundle; several are scheduled freely (the service replaces
         # dead ones and must not wait for a bundle that is still held)
         reward = self.groups.actor_options("reward", 0) if placement.reward.count == 1 else {"num_cpus": 0.1}
@@ -302,7 +321,7 @@ class RLJob:
             timing["time/update_s"] = time.perf_counter() - t
             t = time.perf_counter()
             self.done = step + 1
-            self.pool.update_weights(self.learner.publish_weights(), version=self.done)
+            metrics.update(self.sync.push(self.done))
             timing["time/weight_sync_s"] = time.perf_counter() - t
             # the drift of the first epoch, whose forward passes all ran on the weights the rollout sampled with
             for key in ("logprob_diff_mean", "logprob_diff_max"):
@@ -362,6 +381,11 @@ class RLJob:
                 "val": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val/")}}
 
     def shutdown(self) -> None:
+        if self.sync is not None:
+            try:
+                self.sync.close()
+            except Exception as exc:   # shutting down must not hide the run's own outcome
+                log.warning("closing the weight sync failed: %s", exc)
         for part in (self.pool, self.rewards, self.learner, self.groups):
             if part is None:
                 continue
