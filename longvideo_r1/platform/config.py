@@ -306,6 +306,14 @@ def validate(config: PipelineConfig) -> None:
                          "or use rl.algorithm: ppo")
     _at_least("rl.steps", rl.steps, 0)
     _at_least("rl.questions_per_step", rl.questions_per_step, 1)
+    _choice("rl.weight_sync", rl.weight_sync, ("auto", "collective", "object_store"))
+    _choice("rl.weight_sync_backend", rl.weight_sync_backend, ("auto", "gloo", "nccl"))
+    if rl.weight_sync_bucket_mb <= 0 or rl.weight_sync_timeout_s <= 0:
+        raise InputError(f"config keys rl.weight_sync_bucket_mb ({rl.weight_sync_bucket_mb}) and "
+                         f"rl.weight_sync_timeout_s ({rl.weight_sync_timeout_s}) must be positive")
+    if rl.weight_sync_backend == "nccl" and not (config.placement.rollout.num_gpus and config.placement.learner.num_gpus):
+        raise InputError("config key rl.weight_sync_backend: nccl needs GPUs for the learner and the rollout "
+                         "workers (placement.learner.num_gpus, placement.rollout.num_gpus); use gloo or auto")
     _check_learner("rl.learner", rl.learner)
     r = rl.rollout
     _choice("rl.rollout.engine", r.engine, ("vllm", "transformers"))

@@ -43,7 +43,8 @@ DATA_OPERATIONAL = ("concurrency", "price_per_input_token", "price_per_output_to
 SFT_DATA_KEYS = ("teacher", "played", "kept", "failed", "correct_rate", "mean_rounds", "teacher_calls",
                  "prompt_tokens", "completion_tokens", "teacher_seconds", "cost_usd", "seconds")
 """what the summary keeps of the teacher's run"""
-RL_OPERATIONAL = ("val_every", "val_questions", "save_every", "reward_timeout_s", "keep_last", "keep_every")
+RL_OPERATIONAL = ("val_every", "val_questions", "save_every", "reward_timeout_s", "keep_last", "keep_every",
+                  "weight_sync", "weight_sync_backend", "weight_sync_bucket_mb", "weight_sync_timeout_s")
 """rl keys that change what is logged or how often it is saved, not what is trained"""
 SFT_OPERATIONAL = ("keep_last", "keep_every")
 """sft keys that change which checkpoints stay on disk, not what is trained"""
