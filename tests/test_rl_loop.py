@@ -117,3 +117,22 @@ def test_a_failing_reward_scorer_is_logged_and_the_step_goes_on(ray4, rl_data, r
     row = summary["history"][-1]
     assert row["rollout/reward_errors"] == 4 and row["rollout/reward_mean"] == 0.0
     assert "learner/loss" in row
+
+
+def test_collective_weight_sync_keeps_the_engines_on_the_learners_weights(ray4, rl_data, rollout_tools,
+                                                                          tiny_navigator_dir, tmp_path):
+    """rl.weight_sync=collective (gloo here): after every sync the engines sample with the learner's
+    weights, so the drift the learner measures at the next step stays at rounding level (fp32)."""
+    summary = train_rl(rl_config(steps=3, val_every=0, save_every=0, weight_sync="collective",
+                                 weight_sync_bucket_mb=0.5, learner=LearnerConfig(lr=1e-3, micro_batch_tokens=4096)),
+                       rl_data / "train.parquet", None, rollout_tools.captions.root, tiny_navigator_dir,
+                       tmp_path / "collective")
+    steps = [h for h in summary["history"] if h["step"] >= 0]
+    assert len(steps) == 3
+    for row in steps:
+        assert row["weight_sync/fallback"] == 0 and row["weight_sync/buckets"] > 1
+    assert steps[0]["weight_sync/reformed"] == 1 and steps[1]["weight_sync/reformed"] == 0
+    for row in steps[1:]:          # every step after the first sync
+        assert row["rollout/logprob_diff_mean"] < 1e-3, row["rollout/logprob_diff_mean"]
+    # lr 1e-3 moves the weights far enough that a sync that changed nothing would show up here
+    assert max(h["learner/policy_loss"] != 0 for h in steps)
