@@ -16,6 +16,8 @@ module adds what the platform needs around it:
 - Every failure that ends a call is an :class:`~longvideo_r1.errors.InputError` on one line naming
   the URL, what the request was for, the number of attempts, the last error and what to check. The
   API key is never in a message or a ``repr`` (it is cut out of server messages that echo it).
+  A failure worth retrying later (what the SDK retries) is a :class:`TransientError`, carrying the
+  last error and the server's ``Retry-After``, for callers that retry on their own.
 - ``timeout`` bounds each phase of an attempt (connecting, waiting for the next bytes of the
   answer, sending), as httpx timeouts do; it is not a bound on the whole call.
 
@@ -94,6 +96,37 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> str:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class TransientError(InputError):
+    """A call that failed in a way worth trying again later: a connection error, a timeout, or HTTP 408,
+    409, 429 or 5xx. ``last`` is the last error (API key cut out); ``retry_after`` the seconds the
+    server asked to wait (``Retry-After`` / ``retry-after-ms``), None when it asked nothing. Callers
+    that retry on their own (the captioner, over several endpoints) read them."""
+
+    def __init__(self, message: str, last: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.last = last
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(headers) -> float | None:
+    """The wait a response's ``retry-after-ms`` or ``Retry-After`` header (seconds or an HTTP date) asks for."""
+    import email.utils
+    import time
+
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 class _BadAnswer(Exception):
@@ -287,7 +320,7 @@ class ChatClient:
             if retry_after:
                 last += f" (Retry-After: {_one_line(retry_after)[:40]})"
             if status in RETRYABLE_STATUS or status >= 500:
-                return self._exhausted(last, attempts, context)
+                return self._exhausted(last, attempts, context, retry_after_seconds(exc.response.headers))
             return self._permanent(last, context)
         return self._permanent(f"{type(exc).__name__}: {_one_line(str(exc))[:300]}", context)
 
@@ -300,11 +333,11 @@ class ChatClient:
             f"OpenAI-compatible server that serves model {self.model!r}{self.serves}, and that the API key "
             "is right"))
 
-    def _exhausted(self, last: str, attempts: int, context: str) -> InputError:
-        return InputError(self._scrub(
+    def _exhausted(self, last: str, attempts: int, context: str, retry_after: float | None = None) -> TransientError:
+        return TransientError(self._scrub(
             f"{self.what}: {self.url} failed{self._on(context)} after {max(attempts, 1)} attempt(s), last "
             f"error: {last}; check that the server at {self.base_url} is running and serves model "
-            f"{self.model!r}"))
+            f"{self.model!r}"), self._scrub(last), retry_after)
 
     def _scrub(self, message: str) -> str:
         """The message with the API key cut out wherever it stands alone (a server may echo it)."""

@@ -12,6 +12,7 @@ import pytest
 from longvideo_r1.corpus import tree
 from longvideo_r1.corpus.build import build_store
 from longvideo_r1.corpus.store import CaptionStore, read_manifest
+from longvideo_r1.errors import InputError
 from tests.chat_server import ChatServer
 from tests.media import OPENCV_DATA, encode_ramp
 
@@ -120,10 +121,11 @@ def test_a_bad_video_is_reported_and_the_others_are_built(tmp_path):
     assert CaptionStore(tmp_path / "store").video_ids() == ["clip_00", "clip_01"]
 
 
-def test_an_unreachable_endpoint_fails_the_video_with_a_message_naming_it(tmp_path):
+def test_an_unreachable_endpoint_stops_the_build_before_it_starts_with_a_message_naming_it(tmp_path):
     videos = make_videos(tmp_path / "videos", 1)
     with ChatServer() as srv:
         endpoint = srv.base_url
-    report = build_store(videos, tmp_path / "store", "openai",
-                         {"endpoint": endpoint, "model": "m", "retries": 1}, progress=False)
-    assert list(report.failed) == ["clip_00"] and endpoint.split("/v1")[0] in report.failed["clip_00"]
+    with pytest.raises(InputError, match=f"{endpoint}: unreachable"):
+        build_store(videos, tmp_path / "store", "openai", {"endpoint": endpoint, "model": "m", "retries": 1},
+                    progress=False)
+    assert not (tmp_path / "store").exists()

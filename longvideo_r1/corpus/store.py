@@ -212,6 +212,8 @@ class StoreWriter:
         try:
             if not (self.root / "manifest.json").exists():
                 _write_atomic_json(self.manifest, self.root / "manifest.json")
+            for partial in (self.root / "staging").glob(".*.tmp"):   # a writer killed mid-file
+                partial.unlink(missing_ok=True)
             yield self
         finally:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)

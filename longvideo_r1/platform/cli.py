@@ -120,18 +120,26 @@ def _captioner_options(args) -> dict:
     if not args.endpoint or not args.model:
         raise InputError("--captioner openai needs --endpoint URL and --model NAME "
                          "(e.g. --endpoint http://127.0.0.1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct)")
-    return {"endpoint": args.endpoint, "model": args.model, "concurrency": args.concurrency}
+    options = {"endpoint": args.endpoint, "model": args.model, "concurrency": args.concurrency}
+    for flag, option in (("concurrency_per_endpoint", "concurrency_per_endpoint"), ("max_retries", "retries"),
+                         ("request_timeout", "timeout"), ("retry_backoff", "backoff")):
+        if getattr(args, flag, None) is not None:   # `captions build` has these flags, `ask` does not
+            options[option] = getattr(args, flag)
+    return options
 
 
 def _cmd_captions_build(args) -> int:
     from longvideo_r1.corpus.build import build_store
 
+    address = args.ray_address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
     report = build_store(args.videos, args.out, args.captioner, _captioner_options(args), args.shards,
-                         args.workers)
+                         args.workers, ray_address=address)
     for video_id, message in sorted(report.failed.items()):
         print(f"lvr1: error: {message}", file=sys.stderr)
     print(json.dumps({"store": args.out, "built": len(report.built), "skipped": len(report.skipped),
-                      "failed": sorted(report.failed), "seconds": round(report.seconds, 1)}), file=args.stdout)
+                      "failed": sorted(report.failed), "seconds": round(report.seconds, 1),
+                      "segments": report.segments, "executor": report.executor, "requests": report.requests}),
+          file=args.stdout)
     return 1 if report.failed else 0
 
 
@@ -438,11 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", required=True, help="folder of video files (an .srt beside a video is used)")
     p.add_argument("--out", required=True, help="store folder (created or extended)")
     p.add_argument("--captioner", choices=["demo", "offline", "openai"], default="offline", help=CAPTIONER_HELP)
-    p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--endpoint", action="append", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1; "
+                   "repeat it for several servers of the same model (the requests are shared among them)")
     p.add_argument("--model", help="model name at the endpoint")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight per video (openai)")
+    p.add_argument("--concurrency-per-endpoint", type=int, help="requests in flight at one endpoint for the whole "
+                   "build (openai; default workers x concurrency)")
+    p.add_argument("--max-retries", type=int, help="tries of a failed request after the first, over all endpoints "
+                   "(openai; default 4)")
+    p.add_argument("--request-timeout", type=float, metavar="SECONDS", help="seconds a request may wait for its "
+                   "answer (openai; default 120)")
+    p.add_argument("--retry-backoff", type=float, metavar="SECONDS", help="wait before the first retry, doubled at "
+                   "each further one up to 8 s (openai; default 0.5)")
     p.add_argument("--shards", type=int, default=None, help="number of shards of a new store (default 16)")
-    p.add_argument("--workers", type=int, default=1, help="videos captioned in parallel (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="videos captioned in parallel: local processes, or Ray "
+                   "tasks with --ray-address (default 1)")
+    p.add_argument("--ray-address", help="caption as Ray tasks on this cluster (auto: the one on this machine; "
+                   "default: the Ray job's cluster when run in one, else local processes)")
     p.set_defaults(func=_cmd_captions_build)
 
     p = captions.add_parser("import", help="import reference one-JSON-per-video captions")

@@ -89,14 +89,29 @@ class CaptionsConfig:
     demo world (its palette, shapes and signs)"""
     endpoint: str | None = None
     """base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (captioner=openai)"""
+    endpoints: list | None = None
+    """several base URLs serving the same model, instead of endpoint: the requests are shared among
+    them (captioner=openai)"""
     model: str | None = None
     """model name served at the endpoint (captioner=openai)"""
     concurrency: int = 8
     """requests in flight per video (captioner=openai)"""
+    concurrency_per_endpoint: int | None = None
+    """requests in flight at one endpoint, for the whole build (all workers, all Ray tasks); None:
+    workers × concurrency (captioner=openai)"""
+    max_retries: int = 4
+    """tries of a request after the first, over all endpoints: a connection error, a timeout, HTTP
+    408/409/429/5xx is retried, at another endpoint when one has room (captioner=openai)"""
+    request_timeout_s: float = 120.0
+    """seconds a request may wait for its answer before it counts as failed (captioner=openai)"""
+    retry_backoff_s: float = 0.5
+    """wait before the first retry of a request; doubled at each further one, at most 8 s, or the
+    Retry-After the server asks for (captioner=openai)"""
     shards: int = 16
     """number of Parquet shards of the store"""
     workers: int = 2
-    """videos captioned in parallel (processes)"""
+    """videos captioned in parallel: local processes, or Ray tasks when Ray is there (ray.address, a
+    Ray job)"""
 
 
 @dataclass
@@ -231,6 +246,25 @@ def _check_endpoint(prefix: str, kind: str, endpoint, model) -> None:
                          f"{prefix}.endpoint (e.g. http://127.0.0.1:8000/v1) and {prefix}.model")
 
 
+def _check_captions(c: CaptionsConfig) -> None:
+    if c.endpoint and c.endpoints:
+        raise InputError("config keys captions.endpoint and captions.endpoints: set one of them (endpoints for "
+                         "several servers of the same model)")
+    if c.endpoints is not None and (not c.endpoints or not all(isinstance(u, str) and u for u in c.endpoints)):
+        raise InputError(f"config key captions.endpoints: {c.endpoints!r} must be a list of base URLs, e.g. "
+                         "[http://10.0.0.5:8000/v1, http://10.0.0.6:8000/v1]")
+    _check_endpoint("captions", c.captioner, c.endpoint or c.endpoints, c.model)
+    _at_least("captions.shards", c.shards, 1)
+    _at_least("captions.workers", c.workers, 1)
+    _at_least("captions.concurrency", c.concurrency, 1)
+    if c.concurrency_per_endpoint is not None:
+        _at_least("captions.concurrency_per_endpoint", c.concurrency_per_endpoint, 1)
+    _at_least("captions.max_retries", c.max_retries, 0)
+    for key in ("request_timeout_s", "retry_backoff_s"):
+        if getattr(c, key) <= 0:
+            raise InputError(f"config key captions.{key}: {getattr(c, key)!r} must be positive seconds")
+
+
 FORMATS = ("auto", "lvr1", "cgbench", "lvbench", "videomme", "mlvu")
 
 
@@ -284,9 +318,7 @@ def validate(config: PipelineConfig) -> None:
     _check_corpus(config)
     _check_model_options(config)
     _choice("captions.captioner", config.captions.captioner, ("demo", "offline", "openai"))
-    _check_endpoint("captions", config.captions.captioner, config.captions.endpoint, config.captions.model)
-    _at_least("captions.shards", config.captions.shards, 1)
-    _at_least("captions.workers", config.captions.workers, 1)
+    _check_captions(config.captions)
     _choice("data.teacher", config.data.teacher, ("oracle", "openai"))
     _check_endpoint("data", config.data.teacher, config.data.endpoint, config.data.model)
     _choice("data.video_qa", config.data.video_qa, ("demo", "offline", "openai", "none"))

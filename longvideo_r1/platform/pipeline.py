@@ -171,17 +171,22 @@ def corpus_videos(corpus_dir: Path) -> list[tuple[str, Path]] | None:
     return [(v["video_id"], Path(v["path"])) for v in manifest["videos"]]
 
 
-def captions_stage(config: PipelineConfig, corpus_dir: Path, store: Path) -> None:
+def captions_stage(config: PipelineConfig, corpus_dir: Path, store: Path, log_metrics=None) -> None:
+    """Caption the corpus into the store: Ray tasks when Ray is there (``ray.address``, a Ray job),
+    else local processes; the progress figures go to ``log_metrics`` (the stage's MLflow run)."""
     from longvideo_r1.corpus.build import build_store
 
     c = config.captions
-    options = ({"endpoint": c.endpoint, "model": c.model, "concurrency": c.concurrency}
+    options = ({"endpoint": c.endpoints or c.endpoint, "model": c.model, "concurrency": c.concurrency,
+                "concurrency_per_endpoint": c.concurrency_per_endpoint, "retries": c.max_retries,
+                "timeout": c.request_timeout_s, "backoff": c.retry_backoff_s}
                if c.captioner == "openai" else {})
     _log("captions", f"building caption store {store} with the {c.captioner} captioner")
     report = build_store(corpus_dir / "videos", store, c.captioner, options, c.shards, c.workers,
-                         progress=False, videos=corpus_videos(corpus_dir))
-    _log("captions", f"built {len(report.built)}, skipped {len(report.skipped)} already done, "
-                     f"in {report.seconds:.1f} s")
+                         progress=False, videos=corpus_videos(corpus_dir), ray_address=ray_address(config),
+                         log_metrics=log_metrics)
+    _log("captions", f"built {len(report.built)} ({report.segments} segments, {report.executor}), skipped "
+                     f"{len(report.skipped)} already done, in {report.seconds:.1f} s")
     if report.failed:
         raise InputError("caption store: " + "; ".join(report.failed.values()))
 
@@ -340,6 +345,13 @@ def rl_data_stage(config: PipelineConfig, corpus_dir: Path, store: Path, data_di
     return paths
 
 
+def ray_address(config: PipelineConfig) -> str | None:
+    """``ray.address``, else ``auto`` inside a Ray job (RAY_ADDRESS is set), else None (no cluster)."""
+    import os
+
+    return config.ray.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
+
+
 def start_ray(config: PipelineConfig) -> None:
     """Join ``ray.address`` (or the cluster of a Ray job: RAY_ADDRESS), else start a local Ray of
     ``ray.num_cpus`` logical CPUs (default max(4, cores): roles share the cores)."""
@@ -347,8 +359,7 @@ def start_ray(config: PipelineConfig) -> None:
 
     from longvideo_r1.actors import init_ray
 
-    address = config.ray.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
-    init_ray(address, config.ray.num_cpus or max(4, os.cpu_count() or 1))
+    init_ray(ray_address(config), config.ray.num_cpus or max(4, os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------------------- the driver
@@ -410,7 +421,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
               lambda run: corpus_stage(config, corpus_dir), continues=False)
         c = config.captions
         captions_fp = fingerprint("captions", corpus_fp, c.captioner, c.endpoint, c.model, c.shards)
-        stage("captions", captions_fp, store / "manifest.json", [store], lambda run: captions_stage(config, corpus_dir, store))
+        stage("captions", captions_fp, store / "manifest.json", [store], lambda run: captions_stage(config, corpus_dir, store, run.log_metrics))
         result.update(summarize(corpus_dir, store))
         if last <= STAGES.index("captions") or not (config.sft.enabled or config.rl.enabled or config.eval.enabled):
             return finish()

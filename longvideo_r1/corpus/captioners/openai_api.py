@@ -6,25 +6,29 @@ the objects and the on-screen text; at the low level also the setting), then one
 alternates, frame by frame, a text part (``"12.5s."`` or ``"12.5s. Subtitle: line one,line two."``)
 and the frame as a base64 JPEG ``image_url``. The reply's ``<caption>…</caption>`` wrapper is removed.
 
-Requests run concurrently on the client's event loop (``openai.AsyncOpenAI`` through
-:meth:`~longvideo_r1.openai_client.ChatClient.submit`) with a sliding window: at most ``concurrency``
-requests are in flight, and the request iterator is pulled (and its frames encoded, in the caller's
-thread) only as slots free up, so at most about ``concurrency`` segments' frames are held in memory.
-When the stream ends early (an error, or the consumer stops) the requests still in flight are
-cancelled at once, retry waits included. HTTP, retries and error messages are
-:class:`longvideo_r1.openai_client.ChatClient`'s.
+Requests run concurrently in a pool of ``concurrency`` threads with a sliding window: at most
+``concurrency`` requests of the stream are in flight, and the request iterator is pulled (and its
+frames encoded, in the caller's thread) only as slots free up, so at most about ``concurrency``
+segments' frames are held in memory. Each request takes a slot at one of the endpoints first (a
+limit per endpoint, shared by the whole build: :mod:`longvideo_r1.corpus.endpoints`), and a failure
+worth retrying is retried with exponential backoff, at another endpoint when one has room. When the
+stream ends early (an error, or the consumer stops) no request waiting for a slot or a retry is sent
+again. HTTP and error messages are :class:`longvideo_r1.openai_client.ChatClient`'s.
 """
 
 from __future__ import annotations
 
+import random
+import threading
 from collections import deque
-from concurrent.futures import Future
-from typing import Iterable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from typing import Iterable, Iterator, Sequence
 
 from longvideo_r1.corpus.captioners import CaptionRequest
 from longvideo_r1.corpus.captioning import strip_caption_tags
+from longvideo_r1.corpus.endpoints import EndpointSlots, endpoint_list
 from longvideo_r1.errors import InputError
-from longvideo_r1.openai_client import ChatClient, chat_base_url, encode_jpeg
+from longvideo_r1.openai_client import ChatClient, TransientError, chat_base_url, encode_jpeg
 
 __all__ = ["OpenAICaptioner", "chat_base_url", "encode_jpeg", "frame_text"]
 
@@ -66,6 +70,10 @@ _DETAIL_PROMPT = (
 )
 
 _END = object()
+MAX_BACKOFF = 8.0
+"""longest wait between two tries of a request, seconds (as the openai SDK's)"""
+MAX_RETRY_AFTER = 120.0
+"""longest ``Retry-After`` honoured, seconds"""
 
 
 def frame_text(t: float, subtitles: list[str]) -> str:
@@ -76,76 +84,142 @@ def frame_text(t: float, subtitles: list[str]) -> str:
 
 
 class OpenAICaptioner:
-    """Captions from an OpenAI-compatible ``/chat/completions`` endpoint.
+    """Captions from one or more OpenAI-compatible ``/chat/completions`` endpoints.
 
-    ``retries`` counts the tries after the first one, so a request is sent at most ``1 + retries``
-    times (the openai SDK's retries and waits: see :mod:`longvideo_r1.openai_client`).
+    ``endpoint``: one base URL, or a list of them serving the same model. ``concurrency``: requests in
+    flight for the stream being captioned (one video). Each request first takes a slot at an endpoint
+    from ``slots`` (:class:`~longvideo_r1.corpus.endpoints.EndpointSlots`, shared by every video of a
+    build, or a Ray task's :class:`~longvideo_r1.corpus.endpoints.RaySlots`); without one the
+    captioner keeps its own, ``concurrency_per_endpoint`` (default ``concurrency``) per endpoint.
+
+    ``retries`` counts the tries after the first one, over all endpoints, so a request is sent at most
+    ``1 + retries`` times. A failure worth retrying (a connection error, ``timeout`` seconds without
+    an answer, HTTP 408, 409, 429 or 5xx) is tried again after ``backoff`` · 2ⁿ seconds (at most 8 s,
+    each cut by up to 25 % at random) or the ``Retry-After`` the server asked for (at most 120 s), at
+    another endpoint when one has a free slot; other failures end the request at once.
     ``system_prompt`` replaces the built-in prompts; the placeholders ``{word_budget}``,
     ``{num_frames}`` and ``{level}`` in it are filled in (other braces are left alone).
     """
 
     name = "openai"
 
-    def __init__(self, endpoint: str, model: str, api_key: str | None = None, concurrency: int = 8,
+    def __init__(self, endpoint: str | Sequence[str], model: str, api_key: str | None = None, concurrency: int = 8,
                  timeout: float = 120.0, retries: int = 4, max_tokens: int = 1024,
-                 temperature: float = 0.0, jpeg_quality: int = 90, system_prompt: str | None = None):
+                 temperature: float = 0.0, jpeg_quality: int = 90, system_prompt: str | None = None,
+                 concurrency_per_endpoint: int | None = None, backoff: float = 0.5, slots=None):
         if concurrency < 1:
             raise InputError(f"openai captioner: concurrency must be at least 1, got {concurrency}")
         if not 1 <= jpeg_quality <= 100:
             raise InputError(f"openai captioner: jpeg_quality must be in 1..100, got {jpeg_quality}")
-        # The client checks the model, timeout and retries, and owns the HTTP and retry logic.
-        self.client = ChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
-                                 what="openai captioner", serves=" with image input")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InputError(f"openai captioner: retries must be a whole number, 0 or more, got {retries!r}")
+        if not backoff or backoff <= 0:
+            raise InputError(f"openai captioner: backoff must be positive seconds, got {backoff!r}")
+        # The clients check the model and timeout and own the HTTP; the retries are ours (over endpoints).
+        self.clients = [ChatClient(url, model, api_key=api_key, timeout=timeout, retries=0,
+                                   what="openai captioner", serves=" with image input")
+                        for url in endpoint_list(endpoint)]
+        self.slots = slots if slots is not None else EndpointSlots(
+            [c.base_url for c in self.clients], concurrency_per_endpoint or concurrency)
         self.concurrency = concurrency
+        self.retries = retries
+        self.backoff = float(backoff)
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.jpeg_quality = jpeg_quality
         self.system_prompt = system_prompt
 
     @property
+    def endpoints(self) -> list[str]:
+        return [c.base_url for c in self.clients]
+
+    @property
     def base_url(self) -> str:
-        return self.client.base_url
+        return self.clients[0].base_url
 
     @property
     def url(self) -> str:
-        return self.client.url
+        return self.clients[0].url
 
     @property
     def model(self) -> str:
-        return self.client.model
+        return self.clients[0].model
 
     @property
     def timeout(self) -> float:
-        return self.client.timeout
-
-    @property
-    def retries(self) -> int:
-        return self.client.retries
+        return self.clients[0].timeout
 
     def __repr__(self) -> str:  # never show the API key
-        return f"OpenAICaptioner(endpoint={self.base_url!r}, model={self.model!r}, concurrency={self.concurrency})"
+        shown = self.base_url if len(self.clients) == 1 else self.endpoints
+        return f"OpenAICaptioner(endpoint={shown!r}, model={self.model!r}, concurrency={self.concurrency})"
 
     # ------------------------------------------------------------------ the stream
 
     def caption_many(self, requests: Iterable[CaptionRequest]) -> Iterator[str]:
         """Yield one caption per request, in input order, with at most ``concurrency`` in flight."""
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai-captioner")
         pending: deque[Future] = deque()
         try:
             iterator = iter(requests)
             while True:
                 # Free a slot before pulling the next request, so its frames are decoded only then.
                 while len(pending) >= self.concurrency:
-                    yield strip_caption_tags(pending.popleft().result()[0])
+                    yield pending.popleft().result()
                 request = next(iterator, _END)
                 if request is _END:
                     break
-                pending.append(self.client.submit(self.build_messages(request), max_tokens=self.max_tokens,
-                                                  temperature=self.temperature, context=_context(request)))
+                pending.append(pool.submit(self._caption, self.build_messages(request), _context(request), stop))
             while pending:
-                yield strip_caption_tags(pending.popleft().result()[0])
+                yield pending.popleft().result()
         finally:
-            for future in pending:  # stops their HTTP attempts and retry waits now
+            stop.set()      # requests waiting for a slot or a retry give up now; none is sent again
+            for future in pending:
                 future.cancel()
+            pool.shutdown(wait=False)
+
+    def _caption(self, messages: list[dict], context: str, stop: threading.Event) -> str:
+        """One request, retried over the endpoints (see the class doc); runs in a thread of the stream."""
+        attempts, avoid, tried, last = 0, None, [], ""
+        while True:
+            slot = None
+            while slot is None:
+                if stop.is_set():
+                    raise CancelledError(context)
+                slot = self.slots.acquire(avoid)
+            client = self.clients[slot]
+            attempts += 1
+            try:
+                text, seconds = client.complete_timed(messages, max_tokens=self.max_tokens,
+                                                      temperature=self.temperature, context=context)
+            except TransientError as exc:
+                again = attempts <= self.retries and not stop.is_set()
+                self.slots.release(slot, None, retry=again)
+                tried.append(client.base_url)
+                last = f"{exc.last} at {client.base_url}" if len(self.clients) > 1 else exc.last
+                if not again:
+                    raise self._gave_up(context, attempts, tried, last) from None
+                wait = exc.retry_after if exc.retry_after is not None else \
+                    min(self.backoff * 2 ** (attempts - 1), MAX_BACKOFF) * random.uniform(0.75, 1.0)
+                if stop.wait(min(wait, MAX_RETRY_AFTER)):
+                    raise CancelledError(context) from None
+                avoid = slot
+                continue
+            except BaseException:
+                self.slots.release(slot, None)
+                raise
+            self.slots.release(slot, seconds)
+            return strip_caption_tags(text)
+
+    def _gave_up(self, context: str, attempts: int, tried: list[str], last: str) -> InputError:
+        model = self.model
+        if len(self.clients) == 1:
+            return InputError(f"openai captioner: {self.url} failed on {context} after {attempts} attempt(s), last "
+                              f"error: {last}; check that the server at {self.base_url} is running and serves "
+                              f"model {model!r}")
+        where = ", ".join(dict.fromkeys(tried))
+        return InputError(f"openai captioner: {context} failed after {attempts} attempt(s) at {where}, last error: "
+                          f"{last}; check that those servers are running and serve model {model!r}")
 
     # ------------------------------------------------------------------ one request
 
@@ -169,9 +243,7 @@ class OpenAICaptioner:
 
     def caption_one(self, request: CaptionRequest) -> str:
         """Caption one segment, retrying transient failures; raise :class:`InputError` when it cannot."""
-        reply = self.client.complete(self.build_messages(request), max_tokens=self.max_tokens,
-                                     temperature=self.temperature, context=_context(request))
-        return strip_caption_tags(reply)
+        return self._caption(self.build_messages(request), _context(request), threading.Event())
 
 
 def _context(request: CaptionRequest) -> str:
