@@ -350,11 +350,17 @@ def test_old_checkpoints_are_deleted_after_a_save_and_the_kept_one_resumes(ray_l
     try:
         for step in range(5):
             group.sft_step(sft_batch(20 + step))
-            group.save(str(ckpt), {"position": step + 1}, keep_last=2, keep_every=2)
+            group.save(str(ckpt), {"position": step + 1}, keep_last=2, keep_every=2, save_hf=step >= 3)
     finally:
         group.shutdown()
     # steps 1-5 saved; kept: the newest two (4, 5) and every 2nd (2, 4); 1 and 3 deleted
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["step000002", "step000004", "step000005"]
+    # the transformers copies (asked for at steps 4 and 5) sit in their checkpoints and load as they are
+    assert [p.parent.name for p in sorted(ckpt.glob("*/hf"))] == ["step000004", "step000005"]
+    from transformers import AutoModelForCausalLM
+
+    four, five = (AutoModelForCausalLM.from_pretrained(ckpt / t / "hf") for t in ("step000004", "step000005"))
+    assert any(not torch.equal(a, b) for a, b in zip(four.parameters(), five.parameters()))   # step 5's update
     assert (ckpt / "latest").read_text().strip() == "step000005"
     resumed = LearnerGroup(cfg)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 from longvideo_r1.actors import ActorGroup
 from longvideo_r1.cluster.resources import (
@@ -256,11 +257,16 @@ class LearnerGroup:
 
         ray.get([rank.leave_sync_group.remote() for rank in self.ranks])
 
-    def save(self, directory: str, client_state: dict | None = None, keep_last: int = 0, keep_every: int = 0) -> str:
+    def save(self, directory: str, client_state: dict | None = None, keep_last: int = 0, keep_every: int = 0,
+             save_hf: bool = False) -> str:
         """A checkpoint of every rank under ``directory``; returns its tag. Older ones beyond ``keep_last``
-        (0 keeps all) are then deleted, except every ``keep_every``-th step."""
-        return self._wait_for_ranks([rank.save_checkpoint.remote(directory, client_state, keep_last, keep_every)
-                                     for rank in self.ranks])[0]
+        (0 keeps all) are then deleted, except every ``keep_every``-th step. ``save_hf``: also a
+        transformers copy of the policy in ``directory/<tag>/hf``."""
+        tag = self._wait_for_ranks([rank.save_checkpoint.remote(directory, client_state, keep_last, keep_every)
+                                    for rank in self.ranks])[0]
+        if save_hf:
+            self.export(str(Path(directory) / tag / "hf"))
+        return tag
 
     def load(self, directory: str, tag: str | None = None) -> dict:
         """Resume from the checkpoint ``tag`` (default: the latest) under ``directory``; its client state."""

@@ -78,6 +78,9 @@ class RLConfig:
     """checkpoints kept: the newest this many (0 = all), plus every keep_every-th learner step"""
     keep_every: int = 0
     """also keep every checkpoint whose learner optimizer step (tag stepNNNNNN) is a multiple of this (0 = none)"""
+    save_hf: bool = False
+    """also write a transformers copy (safetensors, tokenizer) of each checkpoint in its folder,
+    checkpoints/stepNNNNNN/hf: loadable by transformers and vLLM as it is; retention deletes it with its checkpoint"""
     reward_timeout_s: float = 30.0
     weight_sync: str = "auto"
     """how new weights reach the rollout engines: collective (learner rank 0 broadcasts buckets to the
@@ -365,7 +368,8 @@ class RLJob:
             updates = self.learner.step // max(1, self.config.learner.ppo_epochs)
             self.done = max(self.done, updates + self.skipped_updates)
         self.learner.save(str(self.ckpt), {"step": self.done, "skipped_updates": self.skipped_updates},
-                          self.config.keep_last, self.config.keep_every)
+                          self.config.keep_last, self.config.keep_every,
+                          save_hf=self.config.save_hf and not interrupted)
 
     def export(self, directory: Path) -> None:
         self.learner.export(str(directory))

@@ -41,6 +41,9 @@ class SFTConfig:
     """checkpoints kept: the newest this many (0 = all), plus every keep_every-th step"""
     keep_every: int = 0
     """also keep every checkpoint whose optimizer step is a multiple of this (0 = none)"""
+    save_hf: bool = False
+    """also write a transformers copy (safetensors, tokenizer) of each checkpoint in its folder,
+    checkpoints/stepNNNNNN/hf: loadable by transformers and vLLM as it is; retention deletes it with its checkpoint"""
     seed: int = 0
     learner: LearnerConfig = field(default_factory=LearnerConfig)
 
@@ -147,7 +150,8 @@ class SFTJob:
     def save(self, interrupted: bool = False) -> None:
         epoch, index = divmod(self.done, self.per_epoch)
         self.group.save(str(self.ckpt), {"epoch": epoch, "index": index, "interrupted": interrupted},
-                        self.config.keep_last, self.config.keep_every)
+                        self.config.keep_last, self.config.keep_every,
+                        save_hf=self.config.save_hf and not interrupted)
 
     def export(self, directory: Path) -> None:
         self.group.export(str(directory))
