@@ -240,6 +240,28 @@ def test_rl_step_moves_probability_towards_positive_advantages_with_kl_and_entro
         assert key in stats[-1]
 
 
+def test_under_zero3_the_reference_is_sharded_over_the_ranks_and_scores_like_the_start(ray_local, tiny_qwen3_dir):
+    group = LearnerGroup(config(tiny_qwen3_dir, zero_stage=3, kl_coef=0.1, lr=3e-3, micro_batch_tokens=80),
+                         num_workers=2)
+    try:
+        batch = rl_batch()
+        before = group.logprobs(batch)
+        torch.testing.assert_close(group.ref_logprobs(batch), before)
+        held = ray.get([r.__ray_call__.remote(lambda self: (sum(p.ds_tensor.numel() for p in self.ref.parameters()),
+                                                            sum(p.ds_numel for p in self.ref.parameters())))
+                        for r in group.ranks])
+        total = held[0][1]
+        assert all(full == total for _, full in held)
+        # each rank holds about half (DeepSpeed pads each parameter's partition to equal sizes)
+        assert all(0.4 * total < local < 0.6 * total for local, _ in held)
+        batch["old_logprobs"], batch["ref_logprobs"] = before, group.ref_logprobs(batch)
+        group.rl_step(batch)
+        torch.testing.assert_close(group.ref_logprobs(batch), batch["ref_logprobs"])   # frozen
+        assert not torch.allclose(group.logprobs(batch), before)                       # the policy moved
+    finally:
+        group.shutdown()
+
+
 def test_ppo_value_head_learns_the_returns(ray_local, tiny_qwen3_dir):
     group = LearnerGroup(config(tiny_qwen3_dir, value_head=True, lr=1e-2, value_clip=10.0))
     batch = rl_batch(seed=3)

@@ -329,9 +329,18 @@ class Learner:
         from transformers import AutoModelForCausalLM
 
         dtype = torch.bfloat16 if self.bf16 else torch.float32
-        ref = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype).to(self.device)
+        ref = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=dtype)
         ref.eval().requires_grad_(False)
-        return ref
+        if self.config.zero_stage != 3:
+            return ref.to(self.device)
+        # ZeRO-3: the reference is sharded over the ranks like the policy (each rank keeps 1/world of
+        # it; a forward gathers one module at a time), instead of a whole copy on every rank
+        import deepspeed
+
+        config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+                  "bf16": {"enabled": self.bf16}, "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
+        self.ref_engine, *_ = deepspeed.initialize(model=ref, config=config)
+        return self.ref_engine.module
 
     @property
     def lm(self):
