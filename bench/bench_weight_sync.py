@@ -25,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def bench_model(model_name: str, model_dir: Path, workers_list: list[int], repeats: int, bucket_mb: float) -> list[dict]:
-    import ray
-
     from longvideo_r1.rollout.episodes import RolloutConfig
     from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
     from longvideo_r1.trainer.learner import LearnerConfig
