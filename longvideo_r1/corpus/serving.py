@@ -58,6 +58,59 @@ def _unwrap(value):
     return value
 
 
+class ServedCaptions:
+    """A caption source over the serving actors that travels to other processes (rollout workers on
+    nodes that do not see the store's files): it holds only the actors' handles.
+
+    Lookups are batched: :meth:`prefetch` fetches many segments with one call per serving actor
+    and keeps them for the ``get`` calls that follow (the episode runner prefetches every
+    ``get_caption`` of a generation step at once); a ``get`` that was not prefetched is one call.
+    Video records are immutable and cached."""
+
+    def __init__(self, actors: list, num_shards: int):
+        self.actors, self.num_shards = list(actors), num_shards
+        self._videos: dict = {}
+        self._ready: dict = {}
+        self.calls = 0
+        """actor round trips made (a measure of the batching)"""
+
+    def _actor(self, video_id: str):
+        return self.actors[shard_of(video_id, self.num_shards) % len(self.actors)]
+
+    def video(self, video_id: str) -> VideoRecord:
+        if video_id not in self._videos:
+            self.calls += 1
+            self._videos[video_id] = _unwrap(ray.get(self._actor(video_id).video.remote(video_id)))
+        return self._videos[video_id]
+
+    def get(self, video_id: str, ids) -> Caption:
+        found = self._ready.get((video_id, tuple(ids)))
+        if found is not None:
+            return _unwrap(found)
+        self.calls += 1
+        return _unwrap(ray.get(self._actor(video_id).get.remote(video_id, tuple(ids))))
+
+    def get_many(self, queries: list[tuple[str, tuple[int, ...]]]) -> list[Caption | InputError]:
+        """Many segments with one call per actor; errors are returned in place, not raised."""
+        groups: dict[int, list[int]] = {}
+        for i, (video_id, _) in enumerate(queries):
+            groups.setdefault(shard_of(video_id, self.num_shards) % len(self.actors), []).append(i)
+        refs = {a: self.actors[a].get_many.remote([(queries[i][0], tuple(queries[i][1])) for i in idx])
+                for a, idx in groups.items()}
+        self.calls += len(refs)
+        out: list = [None] * len(queries)
+        for a, idx in groups.items():
+            for i, value in zip(idx, ray.get(refs[a])):
+                out[i] = InputError(str(value)) if isinstance(value, InputError) else value
+        return out
+
+    def prefetch(self, queries: list[tuple[str, tuple[int, ...]]]) -> None:
+        """Fetch these segments now (one call per actor); ``get`` answers them from here until the next
+        prefetch (the episode runner's next generation step)."""
+        queries = list(dict.fromkeys((v, tuple(ids)) for v, ids in queries))
+        self._ready = dict(zip(queries, self.get_many(queries))) if queries else {}
+
+
 class CaptionStoreClient:
     """Start ``num_actors`` serving actors for a store and route lookups to them by video id."""
 
@@ -114,6 +167,10 @@ class CaptionStoreClient:
             for i, value in zip(idx, ray.get(refs[a])):
                 out[i] = InputError(str(value)) if isinstance(value, InputError) else value
         return out
+
+    def handles(self) -> ServedCaptions:
+        """A caption source over these actors that can be sent to other actors (rollout workers)."""
+        return ServedCaptions(self.actors, self.num_shards)
 
     def memory(self) -> list[dict]:
         return ray.get([actor.memory.remote() for actor in self.actors])

@@ -399,6 +399,7 @@ def _build(cls, data: dict, prefix: str = "", default=None):
     if unknown:
         raise InputError(f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
                          f"known keys here: {', '.join(sorted(names))}")
+    _choice("rl.store_access", rl.store_access, ("auto", "local", "served"))
     if default is None:
         default = cls()
     kwargs = {}

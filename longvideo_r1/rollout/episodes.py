@@ -129,6 +129,10 @@ def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config
                                    **({"system_template": config.system_template} if config.system_template else {}))
     t0 = time.perf_counter()
     live: list[_Live] = []
+    prefetch = getattr(tools.captions, "prefetch", None)   # a served store: batch the lookups
+    if prefetch is not None:
+        prefetch([(q.video_id, (h,)) for q in {q.video_id: q for q in questions}.values()
+                  for h in range(1, tools.captions.video(q.video_id).width + 1)])
     for g, question in enumerate(questions):
         for k in range(config.n):
             episode = tools.start(question, episode_config)
@@ -152,7 +156,7 @@ def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config
             share = step_seconds / len(active)     # the paper's model-seconds accounting, per episode
 
             t = time.perf_counter()
-            pending = []
+            calls = []
             for item, gen in zip(active, generations):
                 item.response_ids += gen.token_ids
                 item.response_mask += [1] * len(gen.token_ids)
@@ -160,8 +164,14 @@ def run_rollouts(engine: Engine, tools: Tools, questions: list[Question], config
                 text = engine.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
                 action = item.episode.submit(text, share)
                 if action.kind in ("get_caption", "video_qa"):
-                    pending.append((item, pool.submit(tools.run, item.episode.question.video_id, action)))
+                    calls.append((item, action))
             timings.tokenize_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            if prefetch is not None:   # every get_caption of this step in one call per serving actor
+                prefetch([(item.episode.question.video_id, action.ids) for item, action in calls
+                          if action.kind == "get_caption"])
+            pending = [(item, pool.submit(tools.run, item.episode.question.video_id, action)) for item, action in calls]
+            timings.tool_seconds += time.perf_counter() - t
 
             t = time.perf_counter()
             for item, future in pending:

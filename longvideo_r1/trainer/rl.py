@@ -82,6 +82,11 @@ class RLConfig:
     """also write a transformers copy (safetensors, tokenizer) of each checkpoint in its folder,
     checkpoints/stepNNNNNN/hf: loadable by transformers and vLLM as it is; retention deletes it with its checkpoint"""
     reward_timeout_s: float = 30.0
+    store_access: str = "auto"
+    """how rollout workers read the caption store: local (each opens the shard files: the store must be
+    on storage every node mounts), served (caption_store actors, pinned to nodes that have the files,
+    answer lookups batched per generation step), auto (local when every node of the cluster can open
+    the store, else served)"""
     weight_sync: str = "auto"
     """how new weights reach the rollout engines: collective (learner rank 0 broadcasts buckets to the
     engines over NCCL on GPUs, gloo on CPU), object_store (one copy in Ray's object store that every
@@ -189,7 +194,7 @@ class RLJob:
         if config.val_questions:
             self.val_questions = self.val_questions[: config.val_questions]
         placement = placement or PlacementConfig()
-        self.pool = self.rewards = self.learner = self.groups = self.sync = None
+        self.pool = self.rewards = self.learner = self.groups = self.sync = self.store_client = None
         try:
             self._start(config, store, model, captions, placement, resume)
         except BaseException:
@@ -208,6 +213,8 @@ class RLJob:
         from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
         from longvideo_r1.trainer.learner_group import LearnerGroup
 
+        if captions is None:
+            captions = self._caption_source(config, str(store), placement)
         # Reserve every role's resources up front (a clear error if the cluster lacks them).
         self.groups = create(plan(placement, ray.cluster_resources()), placement.timeout_s)
         learner_config = dataclasses.replace(config.learner, model=str(model), seed=config.seed,
@@ -244,6 +251,25 @@ class RLJob:
         self.rewards = RewardService(num_workers=max(1, placement.reward.count), timeout_s=config.reward_timeout_s,
                                      scorer=config.reward_scorer, num_cpus=reward["num_cpus"],
                                      scheduling_strategy=reward.get("scheduling_strategy"))
+
+    def _caption_source(self, config: RLConfig, store: str, placement):
+        """None (each rollout worker opens the store's files) or the handles of caption_store actors
+        started on the nodes that have the files (``rl.store_access``, decided by what every node sees)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from longvideo_r1.cluster.paths import node_views, store_access
+        from longvideo_r1.corpus.serving import CaptionStoreClient
+
+        access, holders = store_access(config.store_access, store, node_views([store]))
+        if access == "local":
+            return None
+        self.store_client = CaptionStoreClient(
+            store, num_actors=max(1, placement.caption_store.count), num_cpus=placement.caption_store.num_cpus or 0.1,
+            actor_options=lambda a: {"scheduling_strategy": NodeAffinitySchedulingStrategy(holders[a % len(holders)],
+                                                                                           soft=False)})
+        log.info("caption store %s served by %d actor(s) on %d node(s) that have it", store,
+                 self.store_client.num_actors, len(holders))
+        return self.store_client.handles()
 
     def rollout_config(self, validation: bool = False, refill_round: int = 0) -> RolloutConfig:
         """The configured rollout, sampled anew each step (and each refill round); validation is one
@@ -390,7 +416,7 @@ class RLJob:
                 self.sync.close()
             except Exception as exc:   # shutting down must not hide the run's own outcome
                 log.warning("closing the weight sync failed: %s", exc)
-        for part in (self.pool, self.rewards, self.learner, self.groups):
+        for part in (self.pool, self.rewards, self.learner, self.store_client, self.groups):
             if part is None:
                 continue
             try:
