@@ -58,7 +58,7 @@ class BuildReport:
     seconds: float = 0.0
     caption_seconds: dict[str, float] = field(default_factory=dict)
     segments: int = 0                                       # captions of the videos built
-    requests: dict = field(default_factory=dict)            # EndpointSlots.stats() of an openai build
+    requests: dict = field(default_factory=dict)            # openai: requests, failed_requests, retries, latency p50/p99
     executor: str = "inline"                                # inline, processes or ray
 
 
@@ -81,11 +81,15 @@ def _caption_one(path: str, video_id: str, captioner: str, options: dict, frames
     """Decode and caption one video where this runs (inline, a worker process or a Ray task):
     ``(video_id, video, records, seconds)``, or ``(video_id, None, one-line error, seconds)``."""
     t0 = time.perf_counter()
+    made = _captioner(captioner, options)
     try:
         info = probe_video(path, video_id)
-        records = caption_video(info, _captioner(captioner, options), frames_per_level)
+        records = caption_video(info, made, frames_per_level)
     except InputError as exc:
         return video_id, None, str(exc), time.perf_counter() - t0
+    finally:
+        if captioner == "openai":
+            made.close()
     return video_id, VideoRecord.from_info(info, captioner), records, time.perf_counter() - t0
 
 

@@ -149,6 +149,11 @@ class OpenAICaptioner:
     def timeout(self) -> float:
         return self.clients[0].timeout
 
+    def close(self) -> None:
+        """Close the endpoints' connections (a later request opens new ones)."""
+        for client in self.clients:
+            client.close()
+
     def __repr__(self) -> str:  # never show the API key
         shown = self.base_url if len(self.clients) == 1 else self.endpoints
         return f"OpenAICaptioner(endpoint={shown!r}, model={self.model!r}, concurrency={self.concurrency})"
