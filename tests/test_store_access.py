@@ -66,3 +66,17 @@ def test_served_captions_travel_to_workers_and_batch_a_steps_lookups(ray_local, 
         assert handles.video("v2") == local.video("v2") and handles.video("v2") is handles.video("v2")
     finally:
         client.shutdown()
+
+
+def test_an_rl_run_whose_model_a_node_cannot_open_stops_at_start_naming_path_and_node(ray_local, store_root, tmp_path):
+    from longvideo_r1.agent.episode import Question
+    from longvideo_r1.agent.tools import Tools
+    from longvideo_r1.trainer.rl import RLConfig, train_rl
+    from longvideo_r1.trainer.rl_data import rl_rows, write_rl_parquet
+    from longvideo_r1.trainer.splits import episode_config
+
+    q = Question("v0", "What happens?", ["a", "b", "c", "d"], answer="A", qid="q0")
+    write_rl_parquet(rl_rows([q], Tools(CaptionStore(store_root)), episode_config(4), "train"), tmp_path / "train.parquet")
+    missing = tmp_path / "not-on-this-node" / "model"
+    with pytest.raises(InputError, match=rf"policy model={missing} on node {ray.util.get_node_ip_address()}"):
+        train_rl(RLConfig(steps=1), tmp_path / "train.parquet", None, store_root, missing, tmp_path / "rl")

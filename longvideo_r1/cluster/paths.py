@@ -45,6 +45,11 @@ def node_views(paths: list[str], timeout_s: float = 60.0) -> list[NodeView]:
     return views
 
 
+def about(views: list[NodeView], *paths: str) -> list[NodeView]:
+    """The same views, listing only what is missing of ``paths``."""
+    return [NodeView(v.node_id, v.address, tuple(p for p in v.missing if p in paths)) for v in views]
+
+
 def check_readable(views: list[NodeView], what: dict[str, str]) -> None:
     """Raise InputError naming each path (``what``: path -> config key) a node cannot open."""
     problems = [f"{what.get(p, p)}={p} on node {v.address} ({v.node_id[:8]})"

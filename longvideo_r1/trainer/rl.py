@@ -213,8 +213,14 @@ class RLJob:
         from longvideo_r1.rollout.workers import RolloutPool, WorkerSpec
         from longvideo_r1.trainer.learner_group import LearnerGroup
 
+        # what every node can open: the policy checkpoint (every rollout worker and learner rank loads
+        # it) must be on storage they all mount; the caption store may be served instead
+        from longvideo_r1.cluster.paths import about, check_readable, node_views
+
+        views = node_views([str(model), str(store)])
+        check_readable(about(views, str(model)), {str(model): "policy model"})
         if captions is None:
-            captions = self._caption_source(config, str(store), placement)
+            captions = self._caption_source(config, str(store), placement, about(views, str(store)))
         # Reserve every role's resources up front (a clear error if the cluster lacks them).
         self.groups = create(plan(placement, ray.cluster_resources()), placement.timeout_s)
         learner_config = dataclasses.replace(config.learner, model=str(model), seed=config.seed,
@@ -252,23 +258,26 @@ class RLJob:
                                      scorer=config.reward_scorer, num_cpus=reward["num_cpus"],
                                      scheduling_strategy=reward.get("scheduling_strategy"))
 
-    def _caption_source(self, config: RLConfig, store: str, placement):
+    def _caption_source(self, config: RLConfig, store: str, placement, views):
         """None (each rollout worker opens the store's files) or the handles of caption_store actors
         started on the nodes that have the files (``rl.store_access``, decided by what every node sees)."""
+        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from longvideo_r1.cluster.paths import node_views, store_access
+        from longvideo_r1.cluster.paths import store_access
         from longvideo_r1.corpus.serving import CaptionStoreClient
 
-        access, holders = store_access(config.store_access, store, node_views([store]))
+        access, holders = store_access(config.store_access, store, views)
         if access == "local":
             return None
+        # on the driver's node when it has the files (the usual place of a store on the head's disk)
+        here = ray.get_runtime_context().get_node_id()
+        holders = [here] if here in holders else holders[:1]
         self.store_client = CaptionStoreClient(
             store, num_actors=max(1, placement.caption_store.count), num_cpus=placement.caption_store.num_cpus or 0.1,
             actor_options=lambda a: {"scheduling_strategy": NodeAffinitySchedulingStrategy(holders[a % len(holders)],
                                                                                            soft=False)})
-        log.info("caption store %s served by %d actor(s) on %d node(s) that have it", store,
-                 self.store_client.num_actors, len(holders))
+        log.info("caption store %s served by %d actor(s) on node %s", store, self.store_client.num_actors, holders[0])
         return self.store_client.handles()
 
     def rollout_config(self, validation: bool = False, refill_round: int = 0) -> RolloutConfig:
@@ -358,6 +367,7 @@ class RLJob:
             metrics.update({f"learner/{k}": v for k, v in epochs[-1].items()
                             if isinstance(v, (int, float)) and not k.startswith("logprob_diff")})
         metrics.update(episode_metrics(groups.played, groups.played_rewards))
+        metrics["rollout/worker_restarts"] = self.pool.restarts      # since the stage started
         sampled = sum(sum(e.response_mask) for e in groups.played)
         metrics["rollout/sampled_tokens_per_s"] = sampled / max(timing["time/rollout_s"], 1e-9)
         metrics.update(timing)
