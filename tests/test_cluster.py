@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longvideo_r1.cluster.resources import PlacementConfig, RoleResources, create, fit_nodes, plan, plan_on_nodes
+from longvideo_r1.cluster.resources import (JOB_ROLES, SERVED_ROLES, PlacementConfig, RoleResources, create, fit_nodes,
+                                             plan, plan_on_nodes)
 from longvideo_r1.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ TWO_NODES_8_GPUS = ({"CPU": 96.0, "GPU": 8.0}, {"CPU": 96.0, "GPU": 8.0})
 def two_node_placement() -> PlacementConfig:
     """A placement for 2 nodes × 8 GPUs that exercises every planner feature: 12 hybrid-engine GPUs
     (a vLLM engine and a DeepSpeed rank colocated on each) and 2 tensor-parallel (TP 2) replicas of a
-    served model, each of which must sit whole on one node. (The shipped recipes are the YAML files,
+    served model, each of which must sit whole on one node (one bundle of 2 GPUs). (The shipped recipes are the YAML files,
     tested in test_pipeline.py.)"""
     return PlacementConfig(strategy="PACK", colocate=[["rollout", "learner"]],
                            rollout=RoleResources(12, 4.0, 1.0), learner=RoleResources(12, 4.0, 1.0),
@@ -48,7 +49,7 @@ def two_node_placement() -> PlacementConfig:
 def cfg(**roles) -> PlacementConfig:
     """A placement with every role off except those given as (count, cpus, gpus[, tp])."""
     kwargs = {name: RoleResources(0, 0.0, 0.0) for name in
-              ("rollout", "learner", "reference", "critic", "reward", "caption_store", "video_qa")}
+              ("rollout", "learner", "reference", "critic", "reward", "caption_store", "video_qa", "captioner")}
     colocate = roles.pop("colocate", [])
     strategy = roles.pop("strategy", "PACK")
     kwargs.update({name: RoleResources(*spec) for name, spec in roles.items()})
@@ -60,10 +61,10 @@ def cfg(**roles) -> PlacementConfig:
 
 def test_defaults_fit_the_two_cpu_demo_machine():
     p = plan(PlacementConfig(), {"CPU": 2.0})
-    assert p.totals == {"GPU": 0.0, "CPU": 1.85}
-    assert [g.name for g in p.groups] == ["rollout", "learner", "reward", "caption_store"]
+    assert p.totals == {"GPU": 0.0, "CPU": 1.6}
+    assert [g.name for g in p.groups] == ["rollout", "learner", "reward"]
     assert all(g.strategy == "PACK" for g in p.groups)
-    assert p.slots["reference"] == [] and p.slots["video_qa"] == []
+    assert p.slots["reference"] == [] and p.slots["video_qa"] == [] and p.slots["caption_store"] == []
     assert p.slots["learner"][0].num_cpus == 0.5
 
 
@@ -79,8 +80,34 @@ def test_yaml_maps_onto_the_dataclasses():
     assert placement.learner == RoleResources(2, 1.0, 0.0)
     assert placement.video_qa.tensor_parallel_size == 2
     assert placement.rollout == RoleResources(1, 1.0, 0.0)          # untouched roles keep their defaults
-    p = plan(placement, {"CPU": 8, "GPU": 2})
-    assert [g.name for g in p.groups] == ["learner", "rollout", "reward", "caption_store", "video_qa/0"]
+    p = plan(placement, {"CPU": 8, "GPU": 2}, roles=JOB_ROLES + SERVED_ROLES)
+    assert [g.name for g in p.groups] == ["learner", "rollout", "reward", "video_qa"]
+    assert p.groups[-1].bundles == [{"CPU": 4.0, "GPU": 2.0}]       # one replica: TP 2 × the ask, one bundle
+
+
+def test_only_the_roles_a_run_starts_are_reserved():
+    """The job reserves what it starts (rollout, learner, reward); a served role reserves its own bundles
+    when it starts; the caption store (its actors are pinned to the nodes holding the files) and the
+    in-learner roles get no bundles."""
+    placement = cfg(rollout=(1, 1.0, 0.0), learner=(1, 0.5, 0.0), reward=(1, 0.1, 0.0),
+                    caption_store=(1, 0.25, 0.0), video_qa=(1, 0.5, 0.0))
+    job = plan(placement, {"CPU": 2.0})
+    assert [g.name for g in job.groups] == ["rollout", "learner", "reward"] and job.slots["video_qa"] == []
+    served = plan(placement, {"CPU": 2.0}, roles=("video_qa",))
+    assert [g.name for g in served.groups] == ["video_qa"] and len(served.slots["video_qa"]) == 1
+    assert served.slots["rollout"] == []
+    whole = plan_on_nodes(placement, [{"CPU": 4.0}])             # does the run fit: the job and its servers
+    assert [g.name for g in whole.groups] == ["rollout", "learner", "reward", "video_qa"]
+    assert whole.totals["CPU"] == 2.1                            # 1 + 0.5 + 0.1 + 0.5: no caption_store bundle
+
+
+def test_a_served_replica_is_one_bundle_holding_all_its_tensor_parallel_gpus():
+    p = plan(cfg(video_qa=(2, 4.0, 1.0, 2)), {"CPU": 16, "GPU": 4}, roles=SERVED_ROLES)
+    (group,) = p.groups
+    assert group.name == "video_qa" and group.bundles == [{"CPU": 8.0, "GPU": 2.0}] * 2
+    first, second = p.slots["video_qa"]
+    assert (first.bundle, second.bundle) == (0, 1)
+    assert first.num_gpus == 2.0 and first.num_cpus == 8.0 and not first.capture_child_tasks
 
 
 def test_colocated_roles_share_bundles_in_proportion_to_what_they_ask():
@@ -98,10 +125,10 @@ def test_colocated_roles_share_bundles_in_proportion_to_what_they_ask():
 
 
 def test_tensor_parallel_replicas_get_strict_pack_groups_of_their_own():
-    p = plan(cfg(video_qa=(2, 4.0, 1.0, 2)), {"CPU": 16, "GPU": 4})
-    assert [(g.name, g.strategy, len(g.bundles)) for g in p.groups] == [("video_qa/0", "STRICT_PACK", 2),
-                                                                       ("video_qa/1", "STRICT_PACK", 2)]
-    first, second = p.slots["video_qa"]
+    p = plan(cfg(rollout=(2, 4.0, 1.0, 2)), {"CPU": 16, "GPU": 4})
+    assert [(g.name, g.strategy, len(g.bundles)) for g in p.groups] == [("rollout/0", "STRICT_PACK", 2),
+                                                                       ("rollout/1", "STRICT_PACK", 2)]
+    first, second = p.slots["rollout"]
     assert (first.group, first.bundle, second.group, second.bundle) == (0, 0, 1, 0)
     assert first.capture_child_tasks and first.num_gpus == 0 and first.worker_gpus == 1.0
 
@@ -121,7 +148,7 @@ def test_a_two_node_plan_fits_eight_gpus_per_node_with_each_tp_group_on_one_node
                for load, node in zip(p.node_load, TWO_NODES_8_GPUS))
     assert sum(load["GPU"] for load in p.node_load) == 16
     placed = [piece for pieces in p.layout for piece in pieces]
-    assert sorted(x for x in placed if x.startswith("video_qa")) == ["video_qa/0", "video_qa/1"]  # whole TP groups
+    assert sorted(x for x in placed if x.startswith("video_qa")) == ["video_qa[0]", "video_qa[1]"]  # whole replicas
     assert sum(x.startswith("rollout+learner[") for x in placed) == 12
     assert len(p.slots["rollout"]) == len(p.slots["learner"]) == 12
     assert p.slots["rollout"][0].num_gpus == p.slots["learner"][0].num_gpus == 0.5
@@ -129,7 +156,7 @@ def test_a_two_node_plan_fits_eight_gpus_per_node_with_each_tp_group_on_one_node
 
 def test_not_enough_gpus_names_roles_numbers_and_remedies():
     with pytest.raises(InputError) as err:
-        plan(two_node_placement(), {"CPU": 192, "GPU": 8})
+        plan(two_node_placement(), {"CPU": 192, "GPU": 8}, roles=JOB_ROLES + SERVED_ROLES)
     message = str(err.value)
     assert "16 GPU" in message and "has 8" in message
     assert "rollout+learner" in message and "video_qa 2 × TP 2 × 1 GPU" in message
@@ -138,20 +165,21 @@ def test_not_enough_gpus_names_roles_numbers_and_remedies():
 
 
 def test_not_enough_cpus_on_the_demo_machine():
-    with pytest.raises(InputError, match=r"3\.85 CPU in all but the cluster has 2: rollout 3 × 1 CPU"):
+    with pytest.raises(InputError, match=r"3\.6 CPU in all but the cluster has 2: rollout 3 × 1 CPU"):
         plan(PlacementConfig(rollout=RoleResources(3, 1.0, 0.0)), {"CPU": 2.0})
 
 
 def test_a_tensor_parallel_group_larger_than_any_node():
-    placement = cfg(video_qa=(1, 1.0, 1.0, 8))
-    with pytest.raises(InputError, match="needs 8 GPU, 8 CPU on one node but the largest node has 4 GPU"):
-        plan(placement, {"CPU": 64, "GPU": 16}, nodes=[{"CPU": 16, "GPU": 4}] * 4)
+    placement = cfg(rollout=(1, 1.0, 1.0, 8), video_qa=(1, 1.0, 1.0, 8))
+    for roles in (JOB_ROLES, SERVED_ROLES):
+        with pytest.raises(InputError, match="needs 8 GPU, 8 CPU on one node but the largest node has 4 GPU"):
+            plan(placement, {"CPU": 64, "GPU": 16}, nodes=[{"CPU": 16, "GPU": 4}] * 4, roles=roles)
 
 
 def test_fragmentation_is_caught_although_the_totals_fit():
-    placement = cfg(video_qa=(3, 1.0, 1.0, 2))
+    placement = cfg(rollout=(3, 1.0, 1.0, 2))
     p = plan(placement, {"CPU": 32, "GPU": 6})                    # 6 GPUs asked, 6 in the cluster
-    with pytest.raises(InputError, match=r"video_qa/2 \(a tensor-parallel group of 2 bundles\).*"
+    with pytest.raises(InputError, match=r"rollout/2 \(a tensor-parallel group of 2 bundles\).*"
                                          r"left: node 0: 1 GPU.*node 1: 1 GPU"):
         fit_nodes(p, [{"CPU": 16, "GPU": 3}] * 2)
 
@@ -173,6 +201,10 @@ def test_strict_spread_needs_a_node_per_bundle():
     (PlacementConfig(reward=RoleResources(2, 0.0, 0.0)), "placement.reward: 2 actors that ask for no CPU"),
     (cfg(rollout=(1, 1.0, 1.0, 4), video_qa=(1, 1.0, 1.0, 2), colocate=[["rollout", "video_qa"]]),
      "colocated roles must use 4 or 1"),
+    (cfg(rollout=(1, 1.0, 1.0), video_qa=(1, 1.0, 1.0), colocate=[["rollout", "video_qa"]]),
+     r"video_qa is a served role, whose servers reserve bundles of their own"),
+    (cfg(reference=(1, 1.0, 1.0)), r"placement.reference.count=1: the platform runs no separate reference actors"),
+    (cfg(video_qa=(1, 0.75, 1.0, 2)), r"placement.video_qa: a replica takes tensor_parallel_size × num_cpus = 1.5"),
 ])
 def test_bad_placements_are_named(placement, message):
     with pytest.raises(InputError, match=message):

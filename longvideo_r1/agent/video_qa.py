@@ -241,20 +241,25 @@ class OpenAIVideoQA:
     ``system_prompt`` replaces ours. ``temperature`` None leaves the server's default (as the
     reference does). The seconds returned are those of the successful HTTP attempt (its request sent
     to its answer read: :meth:`~longvideo_r1.openai_client.ChatClient.complete_timed`). Retries and
-    their waits are the openai SDK's (:mod:`longvideo_r1.openai_client`).
+    their waits are the openai SDK's (:mod:`longvideo_r1.openai_client`). ``endpoint`` may be a list of
+    servers of the same model (the replicas of a served role): the calls take them in turn.
     """
 
     name = "openai"
 
-    def __init__(self, endpoint: str, model: str, api_key: str | None = None, num_frames: int = NUM_FRAMES,
+    def __init__(self, endpoint: str | list[str], model: str, api_key: str | None = None, num_frames: int = NUM_FRAMES,
                  max_side: int = MAX_SIDE, split: str = "flat", timeout: float = 120.0, retries: int = 2,
                  max_tokens: int = 1024, system_prompt: str | None = None,
                  temperature: float | None = None, jpeg_quality: int = 90):
         _check_options(num_frames, max_side, split)
         if not 1 <= jpeg_quality <= 100:
             raise InputError(f"openai video_qa: jpeg_quality must be in 1..100, got {jpeg_quality}")
-        self.client = ChatClient(endpoint, model, api_key=api_key, timeout=timeout, retries=retries,
-                                 what="openai video_qa", serves=" with image input")
+        urls = [endpoint] if isinstance(endpoint, str) or not endpoint else list(endpoint)
+        self.clients = [ChatClient(url, model, api_key=api_key, timeout=timeout, retries=retries,
+                                   what="openai video_qa", serves=" with image input") for url in urls]
+        self.client = self.clients[0]
+        self._calls = 0
+        self._calls_lock = threading.Lock()
         self.num_frames = num_frames
         self.max_side = max_side
         self.split = split
@@ -276,7 +281,10 @@ class OpenAIVideoQA:
     def answer(self, video: VideoRecord, ids, query: str) -> tuple[str, float]:
         query = _check_query(query)
         frames, times, _ = clip_frames(video, ids, self.num_frames, self.max_side, self.split)
-        reply, seconds = self.client.complete_timed(
+        with self._calls_lock:
+            client = self.clients[self._calls % len(self.clients)]
+            self._calls += 1
+        reply, seconds = client.complete_timed(
             self.build_messages(query, frames, times), max_tokens=self.max_tokens, temperature=self.temperature,
             context=f"video {video.video_id} video_qa on segment {tuple(ids)}")
         return extract_answer(reply), seconds

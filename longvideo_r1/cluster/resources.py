@@ -1,9 +1,16 @@
 """Where each role of a run goes: the resource model, a pure placement planner, Ray placement groups.
 
 Roles: ``rollout`` (vLLM engines playing episodes), ``learner`` (DeepSpeed data-parallel ranks),
-``reference`` and ``critic`` (extra models; count 0 means they live inside the learner actors),
-``reward`` (scoring actors), ``caption_store`` (shard-serving actors) and ``video_qa`` (a
-vision-language model served by vLLM, the video_qa tool's backend).
+``reference`` and ``critic`` (extra models; only count 0 exists: they live inside the learner actors),
+``reward`` (scoring actors), ``caption_store`` (shard-serving actors), and the *served* roles
+``video_qa`` and ``captioner`` (vision-language models behind vLLM OpenAI servers,
+:mod:`~longvideo_r1.cluster.served`).
+
+Only what a run starts is reserved: :func:`plan` reserves the ``roles`` its caller starts actors
+for, by default :data:`JOB_ROLES` (what the RL job starts); a served role reserves its own bundles
+when a stage first needs it; :func:`plan_on_nodes` (does the whole run fit the cluster?) counts both.
+``caption_store`` gets no bundles: its actors, when the RL job serves the store
+(``rl.store_access``), are pinned to the nodes that hold its files instead.
 
 The model
 ---------
@@ -25,6 +32,9 @@ Placement groups
   asks for no GPU itself: vLLM's Ray executor finds the captured group and starts one worker per
   bundle (each asking :attr:`Slot.worker_gpus`; with colocation set vLLM's
   ``VLLM_RAY_PER_WORKER_GPUS`` to it). This is how OpenRLHF places its vLLM engines.
+- A served role's replica is one bundle of ``tensor_parallel_size`` × its ask (one node, as a
+  bundle always is): its server is a subprocess of the replica's actor, not a Ray task, so the actor
+  holds all of the replica's GPUs and vLLM's own tensor-parallel workers share them.
 
 :func:`plan` is a pure function (no Ray): it checks the plan against a cluster's totals (and, given
 per-node resources, packs it onto the nodes), and raises :class:`~longvideo_r1.errors.InputError`
@@ -46,7 +56,14 @@ from longvideo_r1.errors import InputError
 
 log = logging.getLogger("longvideo_r1.cluster")
 
-ROLES = ("rollout", "learner", "reference", "critic", "reward", "caption_store", "video_qa")
+ROLES = ("rollout", "learner", "reference", "critic", "reward", "caption_store", "video_qa", "captioner")
+JOB_ROLES = ("rollout", "learner", "reward")
+"""the roles the RL job starts actors for: what :func:`plan` reserves unless told otherwise"""
+SERVED_ROLES = ("video_qa", "captioner")
+"""roles served by vLLM OpenAI servers (:mod:`~longvideo_r1.cluster.served`); each reserves its own
+bundles when it starts"""
+IN_LEARNER_ROLES = ("reference", "critic")
+"""roles that live inside the learner actors (no actor of their own exists: count must be 0)"""
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 RESOURCES = ("GPU", "CPU")
 _EPS = 1e-6
@@ -94,7 +111,10 @@ class PlacementConfig:
     caption_store: RoleResources = _role(1, 0.25)
     """caption-store serving actors (each owns a group of shards)"""
     video_qa: RoleResources = _role(0, 0.0)
-    """vision-language model actors for the video_qa tool (0: offline backend or an external endpoint)"""
+    """replicas of the served video_qa model (served.video_qa; 0: another backend or an external endpoint);
+    num_cpus / num_gpus per tensor-parallel rank"""
+    captioner: RoleResources = _role(0, 0.0)
+    """replicas of a served captioning model (served.captioner; 0: none)"""
     timeout_s: float = 120.0
     """seconds to wait for the placement groups to be scheduled before failing with an explanation"""
 
@@ -128,6 +148,15 @@ def validate(placement: PlacementConfig) -> None:
         if r.count and r.num_cpus <= 0 and r.num_gpus <= 0:
             raise InputError(f"{key}: {r.count} actors that ask for no CPU and no GPU; give num_cpus "
                              "(e.g. 0.1) or set count to 0")
+        if name in IN_LEARNER_ROLES and r.count:
+            raise InputError(f"{key}.count={r.count}: the platform runs no separate {name} actors (the learner "
+                             f"ranks hold the {name} model, sharded as the policy is); set {key}.count to 0")
+        if name in SERVED_ROLES and r.tensor_parallel_size > 1:
+            for attr in ("num_cpus", "num_gpus"):
+                whole = getattr(r, attr) * r.tensor_parallel_size
+                if whole > 1 and abs(whole - round(whole)) > _EPS:
+                    raise InputError(f"{key}: a replica takes tensor_parallel_size × {attr} = {whole:g} in one "
+                                     f"bundle, and Ray takes fractions only below 1; make it a whole number")
     if not isinstance(placement.colocate, list):
         raise InputError(f"placement.colocate={placement.colocate!r}: give a list of role lists, e.g. "
                          "[[learner, reference, critic]]")
@@ -148,6 +177,10 @@ def validate(placement: PlacementConfig) -> None:
             raise InputError(f"placement.colocate[{g}] {group}: tensor_parallel_size "
                              f"{', '.join(f'{n}={placement.role(n).tensor_parallel_size}' for n in group)}; "
                              f"colocated roles must use {tp} or 1")
+        served = [n for n in group if n in SERVED_ROLES]
+        if served and len(group) > 1:
+            raise InputError(f"placement.colocate[{g}] {group}: {served[0]} is a served role, whose servers "
+                             "reserve bundles of their own when they start; take it out of placement.colocate")
 
 
 # ----------------------------------------------------------------------------------- the plan
@@ -227,21 +260,30 @@ def _floor4(x: float) -> float:
     return math.floor(x * 10_000 + 1e-6) / 10_000
 
 
-def _role_groups(placement: PlacementConfig) -> list[tuple[str, ...]]:
-    """Colocate groups first (their roles with count > 0), then every other active role on its own."""
+def _role_groups(placement: PlacementConfig, roles: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Colocate groups first (their roles in ``roles`` with count > 0), then every other such role on its own."""
     out, taken = [], set()
     for group in placement.colocate:
-        active = tuple(n for n in ROLES if n in group and placement.role(n).count > 0)
+        active = tuple(n for n in ROLES if n in group and n in roles and placement.role(n).count > 0)
         taken.update(group)
         if active:
             out.append(active)
-    out += [(n,) for n in ROLES if n not in taken and placement.role(n).count > 0]
+    out += [(n,) for n in ROLES if n not in taken and n in roles and placement.role(n).count > 0]
     return out
 
 
+def _bundle_ask(name: str, r: RoleResources) -> RoleResources:
+    """What one bundle of role ``name`` holds: a served replica is one bundle of TP × the ask."""
+    if name in SERVED_ROLES and r.tensor_parallel_size > 1:
+        tp = r.tensor_parallel_size
+        return RoleResources(r.count, round(r.num_cpus * tp, 4), round(r.num_gpus * tp, 4), 1)
+    return r
+
+
 def plan(placement: PlacementConfig, cluster_resources: dict | None = None,
-         nodes: list[dict] | None = None) -> Plan:
-    """The placement groups, bundles and per-actor slots of ``placement``.
+         nodes: list[dict] | None = None, roles: tuple[str, ...] | list[str] = JOB_ROLES) -> Plan:
+    """The placement groups, bundles and per-actor slots of the ``roles`` of ``placement`` that
+    have actors (count > 0): by default what the RL job starts (:data:`JOB_ROLES`).
 
     ``cluster_resources`` (``ray.cluster_resources()`` or a dict like ``{"CPU": 16, "GPU": 8}``)
     is checked against the plan's totals; ``nodes`` (one resource dict per node) are packed too,
@@ -249,11 +291,14 @@ def plan(placement: PlacementConfig, cluster_resources: dict | None = None,
     Pure: no Ray needed.
     """
     validate(placement)
+    unknown = [n for n in roles if n not in ROLES]
+    if unknown:
+        raise InputError(f"placement: unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}")
     groups: list[GroupPlan] = []
     slots: dict[str, list[Slot]] = {n: [] for n in ROLES}
-    role_groups = _role_groups(placement)
+    role_groups = _role_groups(placement, tuple(roles))
     for members in role_groups:
-        asks = {n: placement.role(n) for n in members}
+        asks = {n: _bundle_ask(n, placement.role(n)) for n in members}
         tp = max(r.tensor_parallel_size for r in asks.values())
         extent = {n: r.count * r.tensor_parallel_size for n, r in asks.items()}
         size = max(extent.values())
@@ -412,13 +457,15 @@ def _pack(p: Plan, nodes: list[dict]) -> tuple[list[list[str]], list[dict[str, f
     return layout, [{r: round(c[r] - f[r], 4) for r in RESOURCES} for c, f in zip(caps, free)]
 
 
-def plan_on_nodes(placement: PlacementConfig, nodes: list[dict] | tuple[dict, ...]) -> Plan:
-    """Plan ``placement`` on ``nodes`` (each ``{"CPU": n, "GPU": m}``): the totals and the per-node
-    packing (each tensor-parallel group on one node); returns the plan with its ``layout``, or raises
-    InputError saying what does not fit. The GPU recipes live in ``configs/*.yaml`` only."""
+def plan_on_nodes(placement: PlacementConfig, nodes: list[dict] | tuple[dict, ...],
+                  roles: tuple[str, ...] = JOB_ROLES + SERVED_ROLES) -> Plan:
+    """Plan the whole run (the job's roles and the served ones) on ``nodes`` (each ``{"CPU": n,
+    "GPU": m}``): the totals and the per-node packing (each tensor-parallel group on one node);
+    returns the plan with its ``layout``, or raises InputError saying what does not fit. The GPU
+    recipes live in ``configs/*.yaml`` only."""
     nodes = list(nodes)
     totals = {r: sum(_node_res(n)[r] for n in nodes) for r in RESOURCES}
-    return plan(placement, totals, nodes)
+    return plan(placement, totals, nodes, roles)
 
 
 # ----------------------------------------------------------------------------------- Ray

@@ -6,7 +6,8 @@ rooms that read them: ``sft`` (:class:`~longvideo_r1.trainer.sft.SFTConfig`), ``
 :class:`~longvideo_r1.rollout.episodes.RolloutConfig` and ``rl.learner`` / ``sft.learner``
 :class:`~longvideo_r1.trainer.learner.LearnerConfig`), ``tracking``
 (:class:`~longvideo_r1.platform.tracking.TrackingConfig`), ``placement``
-(:class:`~longvideo_r1.cluster.resources.PlacementConfig`) and ``model_options``
+(:class:`~longvideo_r1.cluster.resources.PlacementConfig`), ``served``
+(:class:`~longvideo_r1.cluster.served.ServedConfig`) and ``model_options``
 (:class:`~longvideo_r1.models.FittedQwen3Config`). Every key has one default, in its
 dataclass; recipes set what differs.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from longvideo_r1.cluster.resources import PlacementConfig
+from longvideo_r1.cluster.served import ServedConfig
 from longvideo_r1.errors import InputError
 from longvideo_r1.models import FittedQwen3Config
 from longvideo_r1.platform.tracking import TrackingConfig
@@ -187,6 +189,9 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    served: ServedConfig = field(default_factory=ServedConfig)
+    """models this run serves itself as Ray roles (vLLM OpenAI servers on placement.<role>); endpoints
+    reach them as role:<name>"""
 
 
 DERIVED = {
@@ -265,6 +270,62 @@ def _check_captions(c: CaptionsConfig) -> None:
             raise InputError(f"config key captions.{key}: {getattr(c, key)!r} must be positive seconds")
 
 
+def _role_endpoints(config: PipelineConfig) -> list[tuple[str, object, str, object]]:
+    """(endpoint key, its value, model key, its value) of every OpenAI-compatible backend the run uses."""
+    c, d, r = config.captions, config.data, config.rl.rollout
+    out = []
+    if c.captioner == "openai":
+        out.append(("captions.endpoint", c.endpoint, "captions.model", c.model))
+    for prefix, kind, options in (("data.video_qa_options", d.video_qa, d.video_qa_options),
+                                  ("rl.rollout.video_qa_options", r.video_qa, r.video_qa_options)):
+        if kind == "openai":
+            out.append((f"{prefix}.endpoint", options.get("endpoint"), f"{prefix}.model", options.get("model")))
+    return out
+
+
+def _check_served(config: PipelineConfig) -> None:
+    """Served roles: a model needs replicas and replicas need a model; a ``role:`` endpoint needs its
+    role served, under the model name the backend asks for."""
+    from longvideo_r1.cluster.resources import SERVED_ROLES
+    from longvideo_r1.cluster.served import engine_flags, role_of
+
+    for name in SERVED_ROLES:
+        s, count = config.served.role(name), config.placement.role(name).count
+        if s.model and not count:
+            raise InputError(f"config key placement.{name}.count: served.{name}.model is set (the {name} role is "
+                             f"served) but placement.{name}.count is 0; give it replicas, e.g. placement.{name}: "
+                             f"{{count: 1, num_cpus: 4, num_gpus: 1}}, or set served.{name}.model: '' and use an "
+                             "external endpoint URL")
+        if count and not s.model:
+            raise InputError(f"config key placement.{name}.count: {count} replica(s) of the {name} role, but "
+                             f"served.{name}.model is empty, so nothing would run on them; set served.{name}.model "
+                             f"(a model folder every node reads) or placement.{name}.count: 0")
+        if s.model:
+            engine_flags(s.engine_args, name)
+            if s.startup_timeout_s <= 0:
+                raise InputError(f"config key served.{name}.startup_timeout_s: {s.startup_timeout_s!r} must be "
+                                 "positive seconds")
+    if role_of(config.data.endpoint) or any(role_of(u) for u in config.captions.endpoints or []):
+        key = "data.endpoint" if role_of(config.data.endpoint) else "captions.endpoints"
+        raise InputError(f"config key {key}: role: endpoints are for captions.endpoint and the video_qa_options "
+                         f"endpoints; give {key} URLs")
+    for key, value, model_key, model in _role_endpoints(config):
+        name = role_of(value)
+        if name is None:
+            continue
+        if name not in SERVED_ROLES:
+            raise InputError(f"config key {key}: {value!r} names no served role; use role:"
+                             f"{' or role:'.join(SERVED_ROLES)}, or a URL such as http://127.0.0.1:8000/v1")
+        s = config.served.role(name)
+        if not s.model:
+            raise InputError(f"config key {key}: {value!r} uses the served {name} role, but served.{name}.model is "
+                             f"empty; set served.{name}.model (and placement.{name}.count ≥ 1), or give {key} the "
+                             "URL of an external server, e.g. http://127.0.0.1:8000/v1")
+        if model != s.name:
+            raise InputError(f"config key {model_key}: {model!r}, but the {name} role serves {s.name!r} "
+                             f"(served.{name}.served_model_name, else served.{name}.model); make them the same")
+
+
 FORMATS = ("auto", "lvr1", "cgbench", "lvbench", "videomme", "mlvu")
 
 
@@ -338,6 +399,7 @@ def validate(config: PipelineConfig) -> None:
                          "or use rl.algorithm: ppo")
     _at_least("rl.steps", rl.steps, 0)
     _at_least("rl.questions_per_step", rl.questions_per_step, 1)
+    _choice("rl.store_access", rl.store_access, ("auto", "local", "served"))
     _choice("rl.weight_sync", rl.weight_sync, ("auto", "collective", "object_store"))
     _choice("rl.weight_sync_backend", rl.weight_sync_backend, ("auto", "gloo", "nccl"))
     if rl.weight_sync_bucket_mb <= 0 or rl.weight_sync_timeout_s <= 0:
@@ -363,6 +425,7 @@ def validate(config: PipelineConfig) -> None:
                          "placement.rollout.tensor_parallel_size; remove it here")
     _at_least("eval.max_rounds", config.eval.max_rounds, 1)
     validate_placement(config.placement)
+    _check_served(config)
 
 
 def _check_type(key: str, value, hint):
@@ -399,7 +462,6 @@ def _build(cls, data: dict, prefix: str = "", default=None):
     if unknown:
         raise InputError(f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
                          f"known keys here: {', '.join(sorted(names))}")
-    _choice("rl.store_access", rl.store_access, ("auto", "local", "served"))
     if default is None:
         default = cls()
     kwargs = {}

@@ -15,8 +15,12 @@ rerun a stage is
   ``rl.rollout.max_rounds`` rebuilds the RL rows, then RL, then the evaluation.
 
 Every stage that really runs gets a fresh MLflow run, nested under the pipeline's parent run; a
-skipped stage opens none. Ctrl-C writes a checkpoint, marks the MLflow runs KILLED and exits;
-rerunning the same command continues.
+skipped stage opens none. A stage whose endpoints name a served role (``role:video_qa``) starts that
+role's servers first if they are not running (:class:`~longvideo_r1.cluster.served.ServedRoles`) and
+runs with their URLs (:func:`with_endpoints`); the fingerprints keep ``role:video_qa`` as written, and
+the servers stop when the pipeline ends.
+
+Ctrl-C writes a checkpoint, marks the MLflow runs KILLED and exits; rerunning the same command continues.
 """
 
 from __future__ import annotations
@@ -363,6 +367,24 @@ def start_ray(config: PipelineConfig) -> None:
     init_ray(ray_address(config), config.ray.num_cpus or max(4, os.cpu_count() or 1))
 
 
+def with_endpoints(config: PipelineConfig, served, section: str) -> PipelineConfig:
+    """``config`` with the ``role:`` endpoints of ``section`` (``captions``, ``data`` or ``rollout``)
+    replaced by the URLs of the served role (started now if it is not running yet): what a stage runs
+    with. Only backends that use an endpoint (``openai``) are resolved."""
+    replace = dataclasses.replace
+    if section == "captions":
+        c = config.captions
+        return config if c.captioner != "openai" else replace(config, captions=replace(
+            c, endpoint=served.endpoint(c.endpoint)))
+    if section == "data":
+        d = config.data
+        return config if d.video_qa != "openai" else replace(config, data=replace(
+            d, video_qa_options=served.options(d.video_qa_options)))
+    r = config.rl.rollout
+    return config if r.video_qa != "openai" else replace(config, rl=replace(config.rl, rollout=replace(
+        r, video_qa_options=served.options(r.video_qa_options))))
+
+
 # ---------------------------------------------------------------------------------- the driver
 
 
@@ -374,6 +396,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
     unknown = sorted(set(redo) - set(STAGES))
     if unknown:
         raise InputError(f"stage(s) {', '.join(unknown)} to redo: choose from {', '.join(STAGES)}")
+    from longvideo_r1.cluster.served import ServedRoles
     from longvideo_r1.platform.tracking import Tracker
 
     out = Path(config.output_dir)
@@ -385,7 +408,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
     last = STAGES.index(until) if until else len(STAGES) - 1
     tracker = Tracker(config.tracking, out, config.name)
 
-    with tracker.pipeline(params=to_dict(config), tags={"lvr1.output_dir": str(out)}) as parent:
+    served = ServedRoles(config.served, config.placement, before_start=lambda: start_ray(config))
+    with tracker.pipeline(params=to_dict(config), tags={"lvr1.output_dir": str(out)}) as parent, served:
 
         def stage(name: str, fp: str, done_when: Path, clear: list[Path], fn, continues: bool = True,
                   record=lambda value: {}):
@@ -422,7 +446,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
               lambda run: corpus_stage(config, corpus_dir), continues=False)
         c = config.captions
         captions_fp = fingerprint("captions", corpus_fp, c.captioner, c.endpoint, c.model, c.shards)
-        stage("captions", captions_fp, store / "manifest.json", [store], lambda run: captions_stage(config, corpus_dir, store, run.log_metrics))
+        stage("captions", captions_fp, store / "manifest.json", [store], lambda run: captions_stage(
+            with_endpoints(config, served, "captions"), corpus_dir, store, run.log_metrics))
         result.update(summarize(corpus_dir, store))
         if last <= STAGES.index("captions") or not (config.sft.enabled or config.rl.enabled or config.eval.enabled):
             return finish()
@@ -440,7 +465,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
             data_path = out / "data" / "sft.jsonl"
             sft_data_fp = fingerprint("sft_data", corpus_fp, captions_fp, _section(config.data, drop=DATA_OPERATIONAL))
             stage("sft_data", sft_data_fp, data_path, [data_path],
-                  lambda run: sft_data_stage(config, corpus_dir, store, data_path),
+                  lambda run: sft_data_stage(with_endpoints(config, served, "data"), corpus_dir, store, data_path),
                   record=lambda summary: {"summary": {k: summary.get(k) for k in SFT_DATA_KEYS}})
             result["sft_data"] = book.get("sft_data", "summary")
             if last <= STAGES.index("sft_data"):
@@ -480,7 +505,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
                     _log("rl", f"continuing from step {book.get('rl', 'steps_done')} to {config.rl.steps}")
                 book.records["rl"]["finished"] = False
             _, summary = stage("rl", rl_fp, rl_dir / "model" / "config.json", [rl_dir], lambda run: _train_rl(
-                train_rl, config, paths, store, policy, rl_dir, run), record=lambda _: {"steps_done": config.rl.steps})
+                train_rl, with_endpoints(config, served, "rollout"), paths, store, policy, rl_dir, run),
+                record=lambda _: {"steps_done": config.rl.steps})
             summary = summary or json.loads((rl_dir / "summary.json").read_text())
             label = "sft+" + config.rl.algorithm if config.sft.enabled else config.rl.algorithm
             models[label] = Path(summary["model"])
@@ -495,7 +521,8 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
             eval_fp = fingerprint("eval", corpus_fp, captions_fp, model_fp, policy_fp, sorted(models),
                                   _section(config.eval), _section(config.rl.rollout))
             stage("eval", eval_fp, out / "eval" / "report.md", [out / "eval"], lambda run: evaluate_stage(
-                config, corpus_dir, store, models, out / "eval", run), record=lambda report: {"report": report})
+                with_endpoints(config, served, "rollout"), corpus_dir, store, models, out / "eval", run),
+                record=lambda report: {"report": report})
             result["eval"] = book.get("eval", "report")
         return finish()
 
