@@ -125,6 +125,8 @@ def checkpoint_tensors(folder: str) -> list:
 
 
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+RESTART_BACKOFF_S = (10, 20)
+"""waits before the 2nd and 3rd try of starting a replacement worker"""
 
 
 class RolloutPool:
@@ -203,19 +205,27 @@ class RolloutPool:
         not start (the pool goes on with the workers that are left)."""
         self.restarts += 1
         slot = self.group.slot_of(dead)
-        try:
-            self.group.restart(slot)
-            if weights and self.catch_up is not None:
-                self.catch_up(self.group[slot])
-            elif weights and self._weights is not None:
-                ray.get(self.group[slot].update_weights.remote(*self._weights))
-        except Exception as exc:  # the batch goes on with the workers that are left
-            self.group.kill(slot)
-            log.error("could not start a replacement rollout worker: %s", exc)
-            if not self.workers:
-                raise InputError("rollout workers: every worker died and none could be restarted") from None
-            return None
-        return self.group[slot]
+        for attempt in range(1 + len(RESTART_BACKOFF_S)):
+            try:
+                self.group.restart(slot)
+                if weights and self.catch_up is not None:
+                    self.catch_up(self.group[slot])
+                elif weights and self._weights is not None:
+                    ray.get(self.group[slot].update_weights.remote(*self._weights))
+                return self.group[slot]
+            except Exception as exc:
+                # A node that just died is seen as dead by Ray only after its missed health checks
+                # (~15 s): a replacement placed on its bundle meanwhile dies at once. Wait, try again.
+                if attempt < len(RESTART_BACKOFF_S):
+                    log.warning("replacement rollout worker failed to start (%s); retrying in %d s",
+                                " ".join(str(exc).split())[:200], RESTART_BACKOFF_S[attempt])
+                    time.sleep(RESTART_BACKOFF_S[attempt])
+                    continue
+                self.group.kill(slot)   # the batch goes on with the workers that are left
+                log.error("could not start a replacement rollout worker: %s", exc)
+                if not self.workers:
+                    raise InputError("rollout workers: every worker died and none could be restarted") from None
+        return None
 
     @property
     def tensor_parallel_size(self) -> int:
