@@ -57,7 +57,7 @@ def bench_model(model_name: str, model_dir: Path, workers_list: list[int], repea
                     payload = metrics.get("weight_sync/bytes") or sync_bytes(learner)
                     rows.append({"model": model_name, "workers": n, "mode": mode,
                                  "median_s": statistics.median(times), "first_s": first,
-                                 "payload_mb": payload / 2**20, "buckets": metrics.get("weight_sync/buckets", 1)})
+                                 "payload_mb": payload / 2**20, "buckets": metrics.get("weight_sync/buckets", "-")})
                     print(f"  {model_name} workers={n} {mode}: median {rows[-1]['median_s']:.3f} s"
                           + (f" (first, forming the group: {first:.3f} s)" if first else ""), flush=True)
             finally:
