@@ -167,8 +167,11 @@ def _drift(pool, learner) -> float:
 @pytest.mark.slow
 def test_after_a_collective_sync_the_engines_sample_with_the_learners_weights(sync_setup):
     pool, learner, sync = sync_setup
-    before = pool.rollout(_questions(4), _greedy())
-    assert all(e.answer is None for e in before)              # random weights: no valid turn
+    from longvideo_r1.rollout.episodes import RolloutConfig
+
+    # random weights write no valid turn: keep their turns short (else each runs to 512 tokens × 4 rounds)
+    before = pool.rollout(_questions(4), RolloutConfig(n=1, max_rounds=2, temperature=0.0, max_turn_tokens=16))
+    assert all(e.answer is None for e in before)
     metrics = sync.push(1)
     assert metrics["weight_sync/fallback"] == 0 and metrics["weight_sync/buckets"] > 2
     assert metrics["weight_sync/bytes"] == sync.plan.nbytes
