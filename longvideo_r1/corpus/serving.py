@@ -157,16 +157,7 @@ class CaptionStoreClient:
 
     def get_many(self, queries: list[tuple[str, tuple[int, ...]]]) -> list[Caption | InputError]:
         """Look up many segments with one call per actor; errors are returned in place, not raised."""
-        groups: dict[int, list[int]] = {}
-        for i, (video_id, _) in enumerate(queries):
-            groups.setdefault(shard_of(video_id, self.num_shards) % self.num_actors, []).append(i)
-        refs = {a: self.actors[a].get_many.remote([(queries[i][0], tuple(queries[i][1])) for i in idx])
-                for a, idx in groups.items()}
-        out: list = [None] * len(queries)
-        for a, idx in groups.items():
-            for i, value in zip(idx, ray.get(refs[a])):
-                out[i] = InputError(str(value)) if isinstance(value, InputError) else value
-        return out
+        return self.handles().get_many(queries)
 
     def handles(self) -> ServedCaptions:
         """A caption source over these actors that can be sent to other actors (rollout workers)."""

@@ -27,11 +27,14 @@ from pathlib import Path
 
 import yaml
 
+from longvideo_r1.cluster.paths import STORE_ACCESS
 from longvideo_r1.cluster.resources import PlacementConfig
 from longvideo_r1.cluster.served import ServedConfig
 from longvideo_r1.errors import InputError
 from longvideo_r1.models import FittedQwen3Config
 from longvideo_r1.platform.tracking import TrackingConfig
+from longvideo_r1.rollout.weight_sync import BACKENDS as SYNC_BACKENDS
+from longvideo_r1.rollout.weight_sync import MODES as SYNC_MODES
 from longvideo_r1.trainer.rl import RLConfig
 from longvideo_r1.trainer.sft import SFTConfig
 
@@ -399,9 +402,9 @@ def validate(config: PipelineConfig) -> None:
                          "or use rl.algorithm: ppo")
     _at_least("rl.steps", rl.steps, 0)
     _at_least("rl.questions_per_step", rl.questions_per_step, 1)
-    _choice("rl.store_access", rl.store_access, ("auto", "local", "served"))
-    _choice("rl.weight_sync", rl.weight_sync, ("auto", "collective", "object_store"))
-    _choice("rl.weight_sync_backend", rl.weight_sync_backend, ("auto", "gloo", "nccl"))
+    _choice("rl.store_access", rl.store_access, STORE_ACCESS)
+    _choice("rl.weight_sync", rl.weight_sync, SYNC_MODES)
+    _choice("rl.weight_sync_backend", rl.weight_sync_backend, SYNC_BACKENDS)
     if rl.weight_sync_bucket_mb <= 0 or rl.weight_sync_timeout_s <= 0:
         raise InputError(f"config keys rl.weight_sync_bucket_mb ({rl.weight_sync_bucket_mb}) and "
                          f"rl.weight_sync_timeout_s ({rl.weight_sync_timeout_s}) must be positive")

@@ -94,15 +94,13 @@ class WeightSync:
         """Give a replacement ``worker`` the current weights (a group of the learner and it alone)."""
         if self.version is None:
             return                      # nothing pushed yet: it starts from the same checkpoint
-        self._members = None            # the main group is re-formed at the next push
         try:
             self._form([worker])
             self._send([worker], self.version)
         except SyncFailed as exc:
-            self._members = None
             raise SyncFailed(f"catching up a replacement rollout worker: {exc}") from None
         finally:
-            self._members = None
+            self._members = None        # the main group is re-formed at the next push
 
     def close(self) -> None:
         if self.mode == "collective":
