@@ -43,6 +43,7 @@ from typing import Protocol
 
 import numpy as np
 
+from longvideo_r1 import storage
 from longvideo_r1.corpus import tree
 from longvideo_r1.corpus.captioners import CaptionRequest
 from longvideo_r1.corpus.captioners.demo import DemoCaptioner, detail_sentences
@@ -169,6 +170,7 @@ def clip_frames(video: VideoRecord, ids, num_frames: int = NUM_FRAMES, max_side:
     if not path:
         raise InputError(f"video {video.video_id}: the caption store records no video file, so video_qa "
                          "cannot show its frames; rebuild the store from the video files or pass the video path")
+    path = str(storage.local_file(path))      # a video at a URI: this node's cached copy
     if not Path(path).is_file():
         raise InputError(f"video {video.video_id}: video file {path} not found, so video_qa cannot show its "
                          "frames; restore the file, rebuild the store from where the videos are now, or pass "
@@ -188,7 +190,8 @@ def clip_frames(video: VideoRecord, ids, num_frames: int = NUM_FRAMES, max_side:
         decoded = read_frames(reader, unique, path)
     frames = np.stack([resize_max_side(f, max_side) for f in decoded])[inverse]
     times = tree.frame_times(frame_ids, video.fps)
-    subs = _subtitles(video.subtitle_path) if video.subtitle_path and Path(video.subtitle_path).is_file() else []
+    subtitle_path = str(storage.local_file(video.subtitle_path)) if video.subtitle_path else None
+    subs = _subtitles(subtitle_path) if subtitle_path and Path(subtitle_path).is_file() else []
     return frames, times, [subtitles_at(subs, t) for t in times]
 
 
@@ -429,7 +432,7 @@ class OfflineVideoQA:
             if self.speech:
                 from longvideo_r1.corpus.speech import spoken_during, transcribe
                 try:
-                    spoken = spoken_during(transcribe(video.source_path), start, end)
+                    spoken = spoken_during(transcribe(str(storage.local_file(video.source_path))), start, end)
                 except InputError as exc:
                     raise InputError(f"video {video.video_id}: {exc}") from None
             request = CaptionRequest(video.video_id, "low", ids, frames, times, subtitles, speech=spoken)

@@ -23,9 +23,10 @@ class NodeView:
 
 
 def _probe(paths: list[str]) -> list[str]:
-    import os
+    """What this node cannot open of ``paths`` (local paths, or URIs with this node's credentials)."""
+    from longvideo_r1 import storage
 
-    return [p for p in paths if not os.access(p, os.R_OK)]
+    return [p for p in paths if not storage.readable(p)]
 
 
 def node_views(paths: list[str], timeout_s: float = 60.0) -> list[NodeView]:
@@ -56,7 +57,8 @@ def check_readable(views: list[NodeView], what: dict[str, str]) -> None:
                 for v in views for p in v.missing]
     if problems:
         raise InputError("paths that a node of the cluster cannot open: " + "; ".join(problems) +
-                         ". Put them on storage every node mounts (e.g. /shared), or run on one node")
+                         ". Put them on storage every node mounts (e.g. /shared) or reaches (s3://, gs://: storage.uri), "
+                         "or run on one node")
 
 
 def store_access(mode: str, store: str, views: list[NodeView]) -> tuple[str, list[str]]:

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from longvideo_r1 import storage
 from longvideo_r1.corpus import tree
 from longvideo_r1.corpus.captioning import CaptionRecord
 from longvideo_r1.corpus.video import VideoInfo, validate_video_id
@@ -291,15 +292,37 @@ class StoreWriter:
 
 # ---------------------------------------------------------------- reading
 
+def _at(root, name: str):
+    """``root/name`` for a local store folder (a Path) or a store at a URI (a string)."""
+    return storage.join(root, name) if storage.is_uri(root) else Path(root) / name
+
+
+def _read_table(root, name: str, columns=None) -> pa.Table:
+    """A Parquet file of the store, from its folder or through the filesystem of its URI."""
+    if not storage.is_uri(root):
+        return pq.read_table(Path(root) / name, columns=columns)
+    fs, path = storage.filesystem(storage.join(root, name))
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
 def read_manifest(root: str | Path) -> dict:
-    root = Path(root)
-    path = root / "manifest.json"
-    if not path.is_file():
+    """The manifest of the store at ``root``: a folder, or a URI (``s3://bucket/store``, see
+    :mod:`longvideo_r1.platform.storage`) read through its filesystem."""
+    root = root if storage.is_uri(root) else Path(root)
+    path = _at(root, "manifest.json")
+    try:
+        text = storage.read_bytes(str(path)).decode() if storage.is_uri(root) else (
+            path.read_text() if path.is_file() else None)
+    except FileNotFoundError:
+        text = None
+    except UnicodeDecodeError:
+        text = "\0"
+    if text is None:
         raise InputError(f"caption store {root}: no manifest.json; build one with `lvr1 captions build` "
                          "or `lvr1 captions import`")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise InputError(f"caption store {root}: manifest.json is not valid JSON ({exc}); "
                          "restore it or rebuild the store") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -313,13 +336,13 @@ def read_manifest(root: str | Path) -> dict:
 class _Shard:
     """One loaded shard: Arrow columns plus an index ``video_id -> (first row, width)``."""
 
-    def __init__(self, root: Path, key: str, entry: dict):
-        cap_path, vid_path = root / entry["captions"], root / entry["videos"]
+    def __init__(self, root, key: str, entry: dict):
+        cap_path, vid_path = _at(root, entry["captions"]), _at(root, entry["videos"])
         try:
-            captions = pq.read_table(cap_path).combine_chunks()
-            videos = pq.read_table(vid_path)
-        except (OSError, pa.ArrowException) as exc:
-            bad = cap_path if not cap_path.is_file() or "captions" in str(exc) else vid_path
+            captions = _read_table(root, entry["captions"]).combine_chunks()
+            videos = _read_table(root, entry["videos"])
+        except (OSError, pa.ArrowException, InputError) as exc:
+            bad = cap_path if not storage.readable(str(cap_path)) or "captions" in str(exc) else vid_path
             raise InputError(f"caption store shard {key} ({bad}): corrupt, truncated or missing "
                              f"({str(exc).splitlines()[0][:160]}); rebuild the store or restore the file") from None
         missing = [c for c in CAPTION_SCHEMA.names if c not in captions.column_names]
@@ -359,7 +382,7 @@ class CaptionStore:
     """
 
     def __init__(self, root: str | Path, shards: list[int] | None = None, cache_size: int = 65536):
-        self.root = Path(root)
+        self.root = str(root) if storage.is_uri(root) else Path(root)
         self.manifest = read_manifest(self.root)
         self.num_shards = self.manifest["num_shards"]
         self.owned = set(range(self.num_shards)) if shards is None else set(shards)
@@ -377,7 +400,7 @@ class CaptionStore:
         if loaded is None:
             key = f"{shard:03d}"
             entry = self.manifest["shards"].get(key)
-            if entry is not None and not (self.root / entry["captions"]).exists():
+            if entry is not None and not storage.exists(str(_at(self.root, entry["captions"]))):
                 # A writer committed a newer generation since we read the manifest.
                 self.manifest = read_manifest(self.root)
                 entry = self.manifest["shards"].get(key)
@@ -442,8 +465,8 @@ class CaptionStore:
         for shard in sorted(self.owned):
             key = f"{shard:03d}"
             if key in self.manifest["shards"]:
-                ids.extend(pq.read_table(self.root / self.manifest["shards"][key]["videos"],
-                                         columns=["video_id"]).column("video_id").to_pylist())
+                ids.extend(_read_table(self.root, self.manifest["shards"][key]["videos"],
+                                       columns=["video_id"]).column("video_id").to_pylist())
         return sorted(ids)
 
     def stats(self) -> dict:
@@ -454,16 +477,17 @@ class CaptionStore:
             if int(key) not in self.owned:
                 continue
             try:
-                levels = pq.read_table(self.root / entry["captions"], columns=["level"]).column("level")
+                levels = _read_table(self.root, entry["captions"], columns=["level"]).column("level")
             except (OSError, pa.ArrowException) as exc:
-                raise InputError(f"caption store shard {key} ({self.root / entry['captions']}): corrupt or "
+                raise InputError(f"caption store shard {key} ({_at(self.root, entry['captions'])}): corrupt or "
                                  f"missing ({str(exc).splitlines()[0][:160]}); rebuild the store") from None
             counts = {lv: 0 for lv in tree.LEVELS}
             for value, count in zip(*np.unique(np.asarray(levels.to_pylist()), return_counts=True)):
                 counts[str(value)] = int(count)
                 per_level[str(value)] += int(count)
             per_shard[key] = {"videos": entry["num_videos"], "captions": entry["num_captions"], **counts}
-        size = sum(p.stat().st_size for p in (self.root / "shards").glob("*.parquet"))
+        size = sum(size for name, size in storage.listing(str(_at(self.root, "shards"))).items()
+                   if name.endswith(".parquet"))
         return {"store": str(self.root), "num_shards": self.num_shards,
                 "videos": sum(s["videos"] for s in per_shard.values()),
                 "captions": sum(per_level.values()), "per_level": per_level, "per_shard": per_shard,

@@ -46,36 +46,52 @@ class VideoInfo:
 
 
 def open_reader(path: str | Path):
-    """A decord ``VideoReader`` for ``path``, or an :class:`InputError` saying why it cannot be read."""
+    """A decord ``VideoReader`` for ``path``, or an :class:`InputError` saying why it cannot be read.
+    A URI (``s3://…``) is read from this node's copy of it (:func:`longvideo_r1.storage.local_file`)."""
     import decord
 
-    path = Path(path)
+    from longvideo_r1 import storage
+
+    shown = path
+    path = storage.local_file(path)
     if not path.is_file():
         raise InputError(f"video {path}: file not found; check the path or the --videos folder")
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError variants
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"video {path}: cannot be decoded ({first_line[:200]}); "
+        raise InputError(f"video {shown}: cannot be decoded ({first_line[:200]}); "
                          "re-encode it (for example to H.264 mp4) or remove it from the folder") from None
 
 
 def probe_video(path: str | Path, video_id: str | None = None, min_width: int = tree.MIN_WIDTH,
                 max_width: int = tree.MAX_WIDTH) -> VideoInfo:
-    path = Path(path)
-    video_id = validate_video_id(video_id if video_id is not None else path.stem)
+    """What a video file is (frames, fps, tree width, size, subtitles ``NAME.srt`` beside it). A
+    video at a URI keeps its URI as its path (every node reads it from its own cached copy)."""
+    from longvideo_r1 import storage
+
+    uri = str(path) if storage.is_uri(path) else None
+    stem = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if uri else Path(path).stem
+    video_id = validate_video_id(video_id if video_id is not None else stem)
     reader = open_reader(path)
+    path = storage.local_file(path)
     num_frames = len(reader)
     fps = float(reader.get_avg_fps())
     if num_frames <= 0 or not np.isfinite(fps) or fps <= 0:
-        raise InputError(f"video {path}: reports {num_frames} frames at {fps} fps; it looks truncated, "
+        raise InputError(f"video {uri or path}: reports {num_frames} frames at {fps} fps; it looks truncated, "
                          "re-encode it")
     height, width_px = reader[0].shape[:2]
-    srt = path.with_suffix(".srt")
-    return VideoInfo(video_id, str(path.resolve()), num_frames, fps,
+    if uri:
+        base, _, query = uri.partition("?")
+        srt_uri = base.rsplit(".", 1)[0] + ".srt" + (f"?{query}" if query else "")
+        source, subtitles = uri, (srt_uri if storage.readable(srt_uri) else None)
+    else:
+        srt = path.with_suffix(".srt")
+        source, subtitles = str(path.resolve()), (str(srt.resolve()) if srt.is_file() else None)
+    return VideoInfo(video_id, source, num_frames, fps,
                      tree.tree_width(tree.video_duration(num_frames, fps), min_width=min_width,
                                      max_width=max_width),
-                     int(width_px), int(height), str(srt.resolve()) if srt.is_file() else None)
+                     int(width_px), int(height), subtitles)
 
 
 def find_videos(folder: str | Path) -> list[tuple[str, Path]]:
@@ -133,8 +149,10 @@ def _seconds(h: str, m: str, s: str, ms: str) -> float:
 
 
 def parse_srt(path: str | Path) -> list[Subtitle]:
-    """Subtitles of an SRT file, markup tags removed, sorted by start time."""
-    path = Path(path)
+    """Subtitles of an SRT file (a path or a URI), markup tags removed, sorted by start time."""
+    from longvideo_r1 import storage
+
+    path = storage.local_file(path)
     try:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:

@@ -35,6 +35,7 @@ from longvideo_r1.models import FittedQwen3Config
 from longvideo_r1.platform.tracking import TrackingConfig
 from longvideo_r1.rollout.weight_sync import BACKENDS as SYNC_BACKENDS
 from longvideo_r1.rollout.weight_sync import MODES as SYNC_MODES
+from longvideo_r1.storage import SCHEMES, StorageConfig, is_uri
 from longvideo_r1.trainer.rl import RLConfig
 from longvideo_r1.trainer.sft import SFTConfig
 
@@ -193,6 +194,8 @@ class PipelineConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     served: ServedConfig = field(default_factory=ServedConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """where the run is published beyond output_dir (s3://, gs://, or a folder every node mounts)"""
     """models this run serves itself as Ray roles (vLLM OpenAI servers on placement.<role>); endpoints
     reach them as role:<name>"""
 
@@ -403,6 +406,11 @@ def validate(config: PipelineConfig) -> None:
     _at_least("rl.steps", rl.steps, 0)
     _at_least("rl.questions_per_step", rl.questions_per_step, 1)
     _choice("rl.store_access", rl.store_access, STORE_ACCESS)
+    for key, value in (("storage.uri", config.storage.uri), ("corpus.path", config.corpus.path),
+                       ("corpus.annotations", config.corpus.annotations)):
+        if value and "://" in str(value) and not is_uri(value):
+            raise InputError(f"config key {key}: {value!r} names a filesystem lvr1 cannot open; use a local "
+                             f"path or one of {', '.join(s + '://' for s in SCHEMES)}")
     _choice("rl.weight_sync", rl.weight_sync, SYNC_MODES)
     _choice("rl.weight_sync_backend", rl.weight_sync_backend, SYNC_BACKENDS)
     if rl.weight_sync_bucket_mb <= 0 or rl.weight_sync_timeout_s <= 0:

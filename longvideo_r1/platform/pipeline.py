@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from longvideo_r1 import storage
 from longvideo_r1.errors import InputError
 from longvideo_r1.platform.config import PipelineConfig, to_dict
 
@@ -126,10 +127,13 @@ def corpus_fingerprint(config: PipelineConfig) -> str:
         return fingerprint("corpus", _section(c, drop=("path", "annotations", "format", "splits")
                                               + (() if c.dense_train else ("dense_train",))))
     return fingerprint("corpus", _section(c, drop=("videos", "minutes", "seed", "dense_train")),
-                       _listing(Path(c.annotations)), _listing(Path(c.path)))
+                       _listing(c.annotations), _listing(c.path))
 
 
-def _listing(path: Path) -> list:
+def _listing(path) -> list:
+    if storage.is_uri(path):
+        return sorted((name, size) for name, size in storage.listing(str(path)).items())
+    path = Path(path)
     if path.is_file():
         return [(path.name, path.stat().st_size, int(path.stat().st_mtime))]
     if not path.is_dir():
@@ -149,8 +153,9 @@ def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> None:
         return
     from longvideo_r1.corpus.check import check_corpus, write_corpus
 
+    videos_dir, annotations, uris = _local_sources(c, corpus_dir)
     _log("corpus", f"checking {c.annotations} ({c.format}) against the videos in {c.path}")
-    report = check_corpus(c.path, c.annotations, c.format,
+    report = check_corpus(videos_dir, annotations, c.format,
                           {"val": c.splits.val, "test": c.splits.test, "seed": c.splits.seed})
     if report.problems:
         shown = "\n".join(f"  {p.where}: qid {p.qid}: {p.field}: {p.message}" for p in report.problems[:20])
@@ -163,8 +168,43 @@ def corpus_stage(config: PipelineConfig, corpus_dir: Path) -> None:
         _log("corpus", "warning: data.teacher is oracle on your own corpus: its thinking text is templated and "
                        "its answers are the truth; for real trajectories use data.teacher: openai")
     write_corpus(report, corpus_dir)
+    if uris:
+        _record_uris(corpus_dir, uris)
     _log("corpus", f"{len(report.videos)} videos, {len(report.questions)} questions, checked in "
                    f"{report.seconds:.1f} s")
+
+
+def _local_sources(c, corpus_dir: Path) -> tuple[str, str, dict[str, str]]:
+    """The video folder and annotations to check, as local paths: a URI source (``s3://…``) is
+    fetched into this node's cache and linked from ``corpus_dir/source``; returns ``(videos folder,
+    annotations, {cached file: its URI})``."""
+    videos_dir, annotations, uris = c.path, c.annotations, {}
+    if storage.is_uri(c.path):
+        _log("corpus", f"fetching the videos of {c.path} into this node's cache")
+        named = storage.mirror_folder(c.path, corpus_dir / "source" / "videos")
+        videos_dir = str(corpus_dir / "source" / "videos")
+        uris.update({str(storage.local_file(uri).resolve()): uri for uri in named.values()})
+    if storage.is_uri(c.annotations):
+        if storage.listing(c.annotations).keys() == {""}:        # one file
+            annotations = str(storage.local_file(c.annotations))
+        else:
+            storage.mirror_folder(c.annotations, corpus_dir / "source" / "annotations")
+            annotations = str(corpus_dir / "source" / "annotations")
+    return videos_dir, annotations, uris
+
+
+def _record_uris(corpus_dir: Path, uris: dict[str, str]) -> None:
+    """Point the corpus's videos (and subtitles) at their URIs: the captioning tasks and video_qa on
+    any node then read them from their own cached copies, never from this node's disk."""
+    path = corpus_dir / "corpus.json"
+    manifest = json.loads(path.read_text())
+    for video in manifest["videos"]:
+        video["path"] = uris.get(video["path"], video["path"])
+        if video.get("subtitles"):
+            video["subtitles"] = uris.get(video["subtitles"], video["subtitles"])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(path)
 
 
 def corpus_videos(corpus_dir: Path) -> list[tuple[str, Path]] | None:
@@ -173,7 +213,7 @@ def corpus_videos(corpus_dir: Path) -> list[tuple[str, Path]] | None:
     manifest = json.loads((corpus_dir / "corpus.json").read_text())
     if manifest.get("source") != "folder":
         return None
-    return [(v["video_id"], Path(v["path"])) for v in manifest["videos"]]
+    return [(v["video_id"], v["path"] if storage.is_uri(v["path"]) else Path(v["path"])) for v in manifest["videos"]]
 
 
 def captions_stage(config: PipelineConfig, corpus_dir: Path, store: Path, log_metrics=None) -> None:
@@ -401,6 +441,11 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    home = config.storage.uri
+    if home:
+        got = storage.restore(home, out)     # a run that lost its machine continues from what it published
+        if got["files"]:
+            _log("storage", f"restored {got['files']} files ({got['bytes'] / 1e6:.1f} MB) from {home}")
     (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     book = StageBook(out)
     seconds: dict[str, float] = {}
@@ -432,7 +477,15 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
             seconds[name] = time.perf_counter() - t
             parent.log_metrics({f"time/{name}_s": seconds[name]})
             book.finish(name, **record(value))
+            publish(name)
             return True, value
+
+        def publish(name: str) -> None:
+            if home:
+                t = time.perf_counter()
+                sent = storage.publish(out, home)
+                _log("storage", f"{name}: published {sent['files']} files ({sent['bytes'] / 1e6:.1f} MB, "
+                                f"{sent['deleted']} deleted) to {home} in {time.perf_counter() - t:.1f} s")
 
         def finish() -> dict:
             result["stage_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
@@ -445,10 +498,14 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
         stage("corpus", corpus_fp, corpus_dir / "questions.jsonl", [corpus_dir],
               lambda run: corpus_stage(config, corpus_dir), continues=False)
         c = config.captions
-        captions_fp = fingerprint("captions", corpus_fp, c.captioner, c.endpoint, c.model, c.shards)
+        # where the captioner is served (endpoint, endpoints) does not change the captions: its model does
+        # (the None keeps the fingerprints of runs made when the endpoint was part of it)
+        captions_fp = fingerprint("captions", corpus_fp, c.captioner, None, c.model, c.shards)
         stage("captions", captions_fp, store / "manifest.json", [store], lambda run: captions_stage(
             with_endpoints(config, served, "captions"), corpus_dir, store, run.log_metrics))
         result.update(summarize(corpus_dir, store))
+        # rollout workers on any node read the published store; without storage.uri, this node's copy
+        shared_store = storage.join(home, "store") if home else store
         if last <= STAGES.index("captions") or not (config.sft.enabled or config.rl.enabled or config.eval.enabled):
             return finish()
 
@@ -505,7 +562,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
                     _log("rl", f"continuing from step {book.get('rl', 'steps_done')} to {config.rl.steps}")
                 book.records["rl"]["finished"] = False
             _, summary = stage("rl", rl_fp, rl_dir / "model" / "config.json", [rl_dir], lambda run: _train_rl(
-                train_rl, with_endpoints(config, served, "rollout"), paths, store, policy, rl_dir, run),
+                train_rl, with_endpoints(config, served, "rollout"), paths, shared_store, policy, rl_dir, run),
                 record=lambda _: {"steps_done": config.rl.steps})
             summary = summary or json.loads((rl_dir / "summary.json").read_text())
             label = "sft+" + config.rl.algorithm if config.sft.enabled else config.rl.algorithm
@@ -527,7 +584,7 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
         return finish()
 
 
-def _train_rl(train_rl, config: PipelineConfig, paths: dict, store: Path, policy: Path, rl_dir: Path, run) -> dict:
+def _train_rl(train_rl, config: PipelineConfig, paths: dict, store, policy: Path, rl_dir: Path, run) -> dict:
     summary = train_rl(config.rl, paths["train"], paths.get("val"), store, policy, rl_dir,
                        log_metrics=run.log_metrics, placement=config.placement)
     if (rl_dir / "samples").is_dir():
