@@ -35,6 +35,9 @@ CACHE_ENV = "LVR1_CACHE_DIR"
 class StorageConfig:
     """Where the run's artifacts live beyond this machine."""
 
+    publish_every_s: float = 600.0
+    """while a stage runs, publish what changed this often (a long RL stage's checkpoints reach the
+    storage as they are saved); 0: only when a stage finishes"""
     uri: str | None = None
     """None: everything stays in output_dir. A URI (s3://bucket/runs/NAME, gs://…, or a folder every
     node mounts): each finished stage (corpus, caption store, data, checkpoints, models, evaluation)
@@ -230,10 +233,15 @@ def publish(local: str | Path, uri: str) -> dict:
     fs, root = filesystem(uri)
     local_fs = pafs.LocalFileSystem()
     sent = 0
-    for rel in changed:
+    for rel in list(changed):
         path = files[rel]
-        stamp = _stamp(path)
-        _call(uri, f"upload {path} to", _copy, local_fs, str(path.absolute()), fs, f"{root.rstrip('/')}/{rel}")
+        try:
+            stamp = _stamp(path)
+            _call(uri, f"upload {path} to", _copy, local_fs, str(path.absolute()), fs, f"{root.rstrip('/')}/{rel}")
+        except FileNotFoundError:       # removed while publishing (a checkpoint pruned): gone below
+            files.pop(rel)
+            changed.remove(rel)
+            continue
         ledger["files"][rel] = stamp
         sent += stamp[0]
     gone = [rel for rel in ledger["files"] if rel not in files]
@@ -247,6 +255,43 @@ def publish(local: str | Path, uri: str) -> dict:
         del ledger["files"][rel]
     _save_ledger(local, ledger)
     return {"files": len(changed), "bytes": sent, "deleted": len(gone)}
+
+
+class Publisher:
+    """Publishes ``local`` at ``uri`` every ``every_s`` seconds from a thread while a stage runs, and
+    once more when it stops; a failed upload is logged and retried at the next turn."""
+
+    def __init__(self, local: str | Path, uri: str, every_s: float, log=None):
+        import threading
+
+        self.local, self.uri, self.every_s, self.log = Path(local), uri, every_s, log
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="lvr1-publisher", daemon=True)
+        self.turns = 0
+
+    def __enter__(self) -> "Publisher":
+        if self.every_s > 0:
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.publish()
+            except InputError as exc:
+                if self.log:
+                    self.log(f"publishing failed, retried in {self.every_s:.0f} s: {exc}")
+
+    def publish(self) -> dict:
+        with self._lock:
+            self.turns += 1
+            return publish(self.local, self.uri)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def restore(uri: str, local: str | Path) -> dict:

@@ -59,7 +59,35 @@ def test_publish_mirrors_a_folder_and_restore_fills_a_fresh_machine(s3, tmp_path
     assert storage.read_bytes(storage.join(home, "stages.json")) == b'{"local": 1}'
 
 
-def test_a_caption_store_at_a_uri_reads_like_its_folder(s3, tmp_path):
+def _eventually(check, timeout_s: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_running_stage_is_published_as_it_goes(s3, tmp_path):
+    """storage.publish_every_s: a long stage's checkpoints reach the bucket while it runs, and a
+    checkpoint pruned meanwhile is removed there."""
+    import shutil
+
+    home = storage.join(s3.bucket("live"), "run")
+    out = tmp_path / "out"
+    _tree(out, {"stages.json": b"{}"})
+    with storage.Publisher(out, home, every_s=0.2) as publisher:
+        assert _eventually(lambda: "stages.json" in storage.listing(home))
+        _tree(out, {"rl/checkpoints/step000001/w.bin": b"ab", "rl/checkpoints/latest": b"step000001"})
+        assert _eventually(lambda: "rl/checkpoints/latest" in storage.listing(home))
+        shutil.rmtree(out / "rl" / "checkpoints" / "step000001")
+        assert _eventually(lambda: "rl/checkpoints/step000001/w.bin" not in storage.listing(home))
+    assert publisher.turns >= 3
+
+
+def test_a_caption_store_at_a_uri_reads_like_its_folder(s3, tmp_path, capsys):
     from longvideo_r1.corpus.store import CaptionStore, shard_of
     from tests.test_store import build, make_video
 
@@ -75,6 +103,10 @@ def test_a_caption_store_at_a_uri_reads_like_its_folder(s3, tmp_path):
     assert there.get("vid_2", (1, 2, 3)) == here.get("vid_2", (1, 2, 3))
     stats_here, stats_there = here.stats(), there.stats()
     assert {k: v for k, v in stats_there.items() if k != "store"} == {k: v for k, v in stats_here.items() if k != "store"}
+    from longvideo_r1.platform.cli import main
+
+    assert main(["captions", "stats", uri]) == 0                     # the CLI reads it in place too
+    assert json.loads(capsys.readouterr().out)["videos"] == 4
     # a corrupt shard there is an error naming the shard, not a crash
     manifest = json.loads((local / "manifest.json").read_text())
     key, entry = sorted(manifest["shards"].items())[0]
@@ -179,3 +211,37 @@ def test_a_corpus_in_s3_is_captioned_published_and_continued_on_a_fresh_machine(
         assert second.returncode == 0, second.stderr[-3000:]
         assert vlm.requests == []
     assert "storage: restored" in second.stderr and "captions: up to date" in second.stderr
+
+
+def _read_in_a_worker(uri: str, queries):
+    from longvideo_r1.corpus.store import CaptionStore
+
+    store = CaptionStore(uri)
+    return [store.get(v, ids).caption for v, ids in queries]
+
+
+def test_rollout_nodes_open_a_store_at_a_uri_in_place_with_the_jobs_credentials(s3, tmp_path):
+    """What an RL run checks at start: every node opens the URI store itself (no serving actors, no
+    head disk), with the credentials the job hands its workers (runtime_env env_vars)."""
+    import ray
+
+    from longvideo_r1.cluster.paths import node_views, store_access
+    from longvideo_r1.corpus.store import CaptionStore
+    from tests.test_store import build, make_video
+
+    local = tmp_path / "store"
+    build(local, [make_video(f"w{i}", 900 + 300 * i) for i in range(3)], shards=2)
+    uri = storage.join(s3.bucket("access"), "store")
+    storage.publish(local, uri)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": s3.env})
+    try:
+        absent = uri + "-absent"
+        views = node_views([uri, absent])
+        assert [v.missing for v in views] == [(absent,)]
+        assert store_access("auto", uri, node_views([uri]))[0] == "local"
+        queries = [("w0", (1,)), ("w2", (2, 1)), ("w1", (3, 2, 1))]
+        got = ray.get(ray.remote(num_cpus=0)(_read_in_a_worker).remote(uri, queries))
+        assert got == [CaptionStore(local).get(v, ids).caption for v, ids in queries]
+    finally:
+        ray.shutdown()

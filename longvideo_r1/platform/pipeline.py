@@ -25,6 +25,7 @@ Ctrl-C writes a checkpoint, marks the MLflow runs KILLED and exits; rerunning th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -472,7 +473,9 @@ def run_pipeline(config: PipelineConfig, until: str | None = None, redo: tuple[s
                     _clear(path)
             t = time.perf_counter()
             book.start(name, fp)
-            with tracker.stage(name) as run:     # a fresh nested run for a stage that really runs
+            publishing = (storage.Publisher(out, home, config.storage.publish_every_s, lambda m: _log(name, m))
+                          if home else contextlib.nullcontext())
+            with tracker.stage(name) as run, publishing:   # a fresh nested run for a stage that really runs
                 value = fn(run)
             seconds[name] = time.perf_counter() - t
             parent.log_metrics({f"time/{name}_s": seconds[name]})
