@@ -58,6 +58,21 @@ def test_modes_and_backends_are_chosen_by_the_hardware_and_bad_ones_are_named():
         plan_buckets([("a", (1,), ())], "float32", 0)
 
 
+def test_engines_sleep_while_the_learner_trains_only_where_they_share_gpus_with_it():
+    from longvideo_r1.trainer.weight_sync import choose_sleep
+
+    assert choose_sleep("auto", on_gpu=True, colocated=True) is True
+    assert choose_sleep("auto", on_gpu=True, colocated=False) is False      # own GPUs: nothing to free
+    assert choose_sleep("auto", on_gpu=False, colocated=True) is False      # CPU: vLLM has no sleep mode
+    assert choose_sleep("auto", on_gpu=True, colocated=True, engine="transformers") is False
+    assert choose_sleep("always", on_gpu=True, colocated=False) is True
+    assert choose_sleep("never", on_gpu=True, colocated=True) is False
+    with pytest.raises(InputError, match="rl.rollout_sleep: always needs vLLM rollout engines on GPUs"):
+        choose_sleep("always", on_gpu=False, colocated=True)
+    with pytest.raises(InputError, match="rl.rollout_sleep: 'on' is not one of auto, always, never"):
+        choose_sleep("on", on_gpu=True, colocated=True)
+
+
 def test_config_refuses_a_bad_weight_sync_before_anything_starts():
     from longvideo_r1.platform.config import load_config
 
@@ -66,6 +81,8 @@ def test_config_refuses_a_bad_weight_sync_before_anything_starts():
     with pytest.raises(InputError, match="nccl needs GPUs"):
         load_config(["configs/demo-cpu.yaml"], ["rl.weight_sync_backend=nccl"])
     assert load_config(["configs/demo-cpu.yaml"], ["rl.weight_sync=collective"]).rl.weight_sync == "collective"
+    with pytest.raises(InputError, match="rl.rollout_sleep: always needs vLLM rollout engines on GPUs"):
+        load_config(["configs/demo-cpu.yaml"], ["rl.rollout_sleep=always"])
 
 
 # ---------------------------------------------------------------------------------------------- group

@@ -38,6 +38,7 @@ from longvideo_r1.rollout.weight_sync import MODES as SYNC_MODES
 from longvideo_r1.storage import SCHEMES, StorageConfig, is_uri
 from longvideo_r1.trainer.rl import RLConfig
 from longvideo_r1.trainer.sft import SFTConfig
+from longvideo_r1.trainer.weight_sync import SLEEP_MODES
 
 
 @dataclass
@@ -412,6 +413,10 @@ def validate(config: PipelineConfig) -> None:
             raise InputError(f"config key {key}: {value!r} names a filesystem lvr1 cannot open; use a local "
                              f"path or one of {', '.join(s + '://' for s in SCHEMES)}")
     _choice("rl.weight_sync", rl.weight_sync, SYNC_MODES)
+    _choice("rl.rollout_sleep", rl.rollout_sleep, SLEEP_MODES)
+    if rl.rollout_sleep == "always" and not config.placement.rollout.num_gpus:
+        raise InputError("config key rl.rollout_sleep: always needs vLLM rollout engines on GPUs "
+                         "(placement.rollout.num_gpus); use auto or never")
     _choice("rl.weight_sync_backend", rl.weight_sync_backend, SYNC_BACKENDS)
     if rl.weight_sync_bucket_mb <= 0 or rl.weight_sync_timeout_s <= 0:
         raise InputError(f"config keys rl.weight_sync_bucket_mb ({rl.weight_sync_bucket_mb}) and "

@@ -51,7 +51,7 @@ SFT_DATA_KEYS = ("teacher", "played", "kept", "failed", "correct_rate", "mean_ro
 """what the summary keeps of the teacher's run"""
 RL_OPERATIONAL = ("val_every", "val_questions", "save_every", "reward_timeout_s", "keep_last", "keep_every",
                   "weight_sync", "weight_sync_backend", "weight_sync_bucket_mb", "weight_sync_timeout_s", "save_hf",
-                  "store_access")
+                  "store_access", "rollout_sleep")
 """rl keys that change what is logged or how often it is saved, not what is trained"""
 SFT_OPERATIONAL = ("keep_last", "keep_every", "save_hf")
 """sft keys that change which checkpoints stay on disk, not what is trained"""

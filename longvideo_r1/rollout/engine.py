@@ -170,6 +170,21 @@ class VLLMEngine:
     def leave_sync_group(self) -> None:
         self.llm.collective_rpc("lvr_leave_sync_group")
 
+    def sleep(self) -> None:
+        """Free the accelerator memory while the learner trains (vLLM sleep mode, level 1: the weights
+        move to host memory, the KV cache is dropped). Needs ``enable_sleep_mode`` (a GPU platform)."""
+        self.llm.sleep(level=1)
+        self.sleeping = True
+
+    def wake(self, tags: list[str] | None = None) -> None:
+        """Take back what :meth:`sleep` freed: ``["weights"]`` first (then the sync loads into them),
+        ``["kv_cache"]`` after; None: all."""
+        if getattr(self, "sleeping", False):
+            self.llm.wake_up(tags=tags)
+            if tags is None or "kv_cache" in tags:
+                self.sleeping = False
+                self.llm.reset_prefix_cache()
+
 
 class HFEngine:
     """transformers ``generate``, batched with left padding: the fallback and the numerical reference."""

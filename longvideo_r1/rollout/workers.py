@@ -88,6 +88,12 @@ class RolloutWorker:
     def leave_sync_group(self) -> None:
         self.engine.leave_sync_group()
 
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self, tags: list[str] | None = None) -> None:
+        self.engine.wake(tags)
+
     def load_weights(self, folder: str, version: int) -> int:
         """Load a checkpoint folder's weights in place (same architecture and tokenizer as the engine's)."""
         self.engine.update_weights(checkpoint_tensors(folder), version)
@@ -255,6 +261,17 @@ class RolloutPool:
 
     def stats(self) -> list[dict]:
         return ray.get([w.stats.remote() for w in self.workers])
+
+    def sleep(self) -> None:
+        """Every engine frees its accelerator memory (vLLM sleep mode) while the learner trains."""
+        t0 = time.perf_counter()
+        ray.get([w.sleep.remote() for w in self.workers])
+        log.debug("%d rollout engines asleep in %.2f s", len(self.workers), time.perf_counter() - t0)
+
+    def wake(self, tags: list[str] | None = None) -> None:
+        """Every engine takes back its memory (``tags``: ``["weights"]``, ``["kv_cache"]`` or None: all);
+        a replacement started meanwhile is awake already."""
+        ray.get([w.wake.remote(tags) for w in self.workers])
 
     def shutdown(self) -> None:
         self.group.shutdown()

@@ -98,6 +98,10 @@ class RLConfig:
     weight_sync_timeout_s: float = 120.0
     """collective: timeout of forming the group and of each bucket's broadcast; then the dead or silent
     workers are replaced and the sync retried once, then done through the object store"""
+    rollout_sleep: str = "auto"
+    """vLLM sleep mode between rollouts: the engines free their GPU memory (weights to host memory, KV
+    cache dropped) while the learner computes and updates, and take it back around the weight sync;
+    auto (when rollout and learner share GPUs: placement.colocate), always (needs vLLM on GPUs), never"""
     reward_scorer: str | None = None
     """None: our compute_score; or "path/to/file.py:function" / "module:function" with verl's signature"""
     seed: int = 0
@@ -234,7 +238,16 @@ class RLJob:
             state = self.learner.load(str(self.ckpt))
             self.done, self.skipped_updates = state["step"], state.get("skipped_updates", 0)
             log.info("RL resumed from %s at step %d", self.ckpt, self.done)
-        spec = WorkerSpec(model=str(model), store=str(store), rollout=config.rollout,
+        from longvideo_r1.trainer.weight_sync import choose_sleep
+
+        on_gpu = placement.rollout.num_gpus > 0 and placement.learner.num_gpus > 0
+        colocated = any({"rollout", "learner"} <= set(g) for g in placement.colocate)
+        self.sleeps = choose_sleep(config.rollout_sleep, placement.rollout.num_gpus > 0, colocated,
+                                   config.rollout.engine)
+        rollout = config.rollout
+        if self.sleeps:
+            rollout = dataclasses.replace(rollout, engine_options={**rollout.engine_options, "enable_sleep_mode": True})
+        spec = WorkerSpec(model=str(model), store=str(store), rollout=rollout,
                           num_cpus=placement.rollout.num_cpus, num_gpus=placement.rollout.num_gpus)
         if placement.rollout.tensor_parallel_size > 1:
             spec.rollout = dataclasses.replace(spec.rollout, engine_options={
@@ -244,8 +257,6 @@ class RLJob:
         from longvideo_r1.rollout.weight_sync import choose_backend
         from longvideo_r1.trainer.weight_sync import WeightSync, choose_mode
 
-        on_gpu = placement.rollout.num_gpus > 0 and placement.learner.num_gpus > 0
-        colocated = any({"rollout", "learner"} <= set(g) for g in placement.colocate)
         self.sync = WeightSync(self.learner, self.pool, choose_mode(config.weight_sync, on_gpu),
                                choose_backend(config.weight_sync_backend, on_gpu, colocated),
                                config.weight_sync_bucket_mb, config.weight_sync_timeout_s)
@@ -328,6 +339,10 @@ class RLJob:
 
         groups = fill_groups(play, c.questions_per_step, c.dynamic_sampling, c.max_refill_rounds)
         episodes, rewards = groups.kept, groups.kept_rewards
+        if self.sleeps:        # the engines free their GPU memory while the learner computes and updates
+            t = time.perf_counter()
+            self.pool.sleep()
+            timing["time/sleep_s"] = time.perf_counter() - t
         metrics = {"rollout/constant_groups": groups.constant_groups, "rollout/dropped_groups": groups.dropped_groups,
                    "rollout/kept_groups": groups.kept_groups, "rollout/refill_rounds": groups.refill_rounds,
                    "rollout/overlong_penalised": sum(1 for e in groups.played if truncated(e))
@@ -353,13 +368,19 @@ class RLJob:
                         step + 1, groups.dropped_groups, groups.refill_rounds)
             self.skipped_updates += 1
             self.done = step + 1
+            if self.sleeps:
+                self.pool.wake()
         else:
             t = time.perf_counter()
             epochs = [self.learner.rl_step(batch) for _ in range(max(1, c.learner.ppo_epochs))]
             timing["time/update_s"] = time.perf_counter() - t
             t = time.perf_counter()
             self.done = step + 1
+            if self.sleeps:
+                self.pool.wake(["weights"])      # the weights' memory first: the sync loads into it
             metrics.update(self.sync.push(self.done))
+            if self.sleeps:
+                self.pool.wake(["kv_cache"])
             timing["time/weight_sync_s"] = time.perf_counter() - t
             # the drift of the first epoch, whose forward passes all ran on the weights the rollout sampled with
             for key in ("logprob_diff_mean", "logprob_diff_max"):

@@ -38,6 +38,20 @@ def choose_mode(mode: str, on_gpu: bool) -> str:
     return mode
 
 
+SLEEP_MODES = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
+
+
+def choose_sleep(mode: str, on_gpu: bool, colocated: bool, engine: str = "vllm") -> bool:
+    """Whether the rollout engines sleep while the learner trains (vLLM sleep mode frees their GPU
+    memory for the update): ``auto`` when they share GPUs with the learner; ``always`` needs vLLM on GPUs."""
+    if mode not in SLEEP_MODES:
+        raise InputError(f"config key rl.rollout_sleep: {mode!r} is not one of {', '.join(SLEEP_MODES)}")
+    if mode == "always" and (not on_gpu or engine != "vllm"):
+        raise InputError("config key rl.rollout_sleep: always needs vLLM rollout engines on GPUs (sleep mode frees "
+                         "accelerator memory; placement.rollout.num_gpus, rl.rollout.engine: vllm); use auto or never")
+    return mode == "always" or (mode == "auto" and on_gpu and colocated and engine == "vllm")
+
+
 class WeightSync:
     def __init__(self, learner, pool, mode: str = "object_store", backend: str = "gloo", bucket_mb: float = 64.0,
                  timeout_s: float = 120.0, retries: int = 1):
