@@ -215,12 +215,12 @@ def _save_ledger(local: Path, data: dict) -> None:
     os.replace(tmp, local / LEDGER)
 
 
-def publish(local: str | Path, uri: str) -> dict:
+def publish(local: str | Path, uri: str, skip_suffixes: tuple[str, ...] = ()) -> dict:
     """Mirror the local folder ``local`` at ``uri``: upload the files that changed since the last
     publish (size or modification time, kept in ``local/.published.json``), the files that point at
     others (:data:`LAST`: manifests, ``stages.json``, a checkpoint's ``latest``) after the rest, and
-    delete there what this folder published before and no longer has (pruned checkpoints).
-    Returns ``{"files", "bytes", "deleted"}``."""
+    delete there what this folder published before and no longer has (pruned checkpoints). Files
+    ending in ``skip_suffixes`` wait for a later call. Returns ``{"files", "bytes", "deleted"}``."""
     import pyarrow.fs as pafs
 
     local = Path(local)
@@ -228,7 +228,8 @@ def publish(local: str | Path, uri: str) -> dict:
         return {"files": 0, "bytes": 0, "deleted": 0}
     ledger = _ledger(local, uri)
     files = _local_files(local)
-    changed = [rel for rel, path in files.items() if ledger["files"].get(rel) != _stamp(path)]
+    changed = [rel for rel, path in files.items()
+               if ledger["files"].get(rel) != _stamp(path) and not rel.endswith(skip_suffixes)]
     changed.sort(key=lambda rel: rel.rsplit("/", 1)[-1] in LAST)
     fs, root = filesystem(uri)
     local_fs = pafs.LocalFileSystem()
@@ -244,7 +245,7 @@ def publish(local: str | Path, uri: str) -> dict:
             continue
         ledger["files"][rel] = stamp
         sent += stamp[0]
-    gone = [rel for rel in ledger["files"] if rel not in files]
+    gone = [rel for rel in ledger["files"] if rel not in files and not rel.endswith(skip_suffixes)]
     for rel in gone:
         try:
             fs.delete_file(f"{root.rstrip('/')}/{rel}")
@@ -258,8 +259,11 @@ def publish(local: str | Path, uri: str) -> dict:
 
 
 class Publisher:
-    """Publishes ``local`` at ``uri`` every ``every_s`` seconds from a thread while a stage runs, and
-    once more when it stops; a failed upload is logged and retried at the next turn."""
+    """Publishes ``local`` at ``uri`` every ``every_s`` seconds from a thread while a stage runs; a
+    failed upload is logged and retried at the next turn. SQLite files (MLflow's ``mlflow.db``) wait
+    for the publish at the stage's end: a copy taken mid-transaction could be torn."""
+
+    SKIP = (".db", ".db-journal", ".db-wal", ".db-shm")
 
     def __init__(self, local: str | Path, uri: str, every_s: float, log=None):
         import threading
@@ -286,7 +290,7 @@ class Publisher:
     def publish(self) -> dict:
         with self._lock:
             self.turns += 1
-            return publish(self.local, self.uri)
+            return publish(self.local, self.uri, skip_suffixes=self.SKIP)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

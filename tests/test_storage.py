@@ -77,7 +77,7 @@ def test_a_running_stage_is_published_as_it_goes(s3, tmp_path):
 
     home = storage.join(s3.bucket("live"), "run")
     out = tmp_path / "out"
-    _tree(out, {"stages.json": b"{}"})
+    _tree(out, {"stages.json": b"{}", "mlflow.db": b"sqlite"})
     with storage.Publisher(out, home, every_s=0.2) as publisher:
         assert _eventually(lambda: "stages.json" in storage.listing(home))
         _tree(out, {"rl/checkpoints/step000001/w.bin": b"ab", "rl/checkpoints/latest": b"step000001"})
@@ -85,6 +85,8 @@ def test_a_running_stage_is_published_as_it_goes(s3, tmp_path):
         shutil.rmtree(out / "rl" / "checkpoints" / "step000001")
         assert _eventually(lambda: "rl/checkpoints/step000001/w.bin" not in storage.listing(home))
     assert publisher.turns >= 3
+    assert "mlflow.db" not in storage.listing(home)        # a database waits for the stage's end
+    assert storage.publish(out, home)["files"] == 1 and "mlflow.db" in storage.listing(home)
 
 
 def test_a_caption_store_at_a_uri_reads_like_its_folder(s3, tmp_path, capsys):
