@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,20 @@ class DemoCorpus:
     @property
     def video_ids(self) -> list[str]:
         return [v["video_id"] for v in self.summary["videos"]]
+
+
+@pytest.fixture(autouse=True)
+def _keeps_the_ordinary_scheduler():
+    """A test that leaves this process on a real-time scheduling policy fails (and the policy is put
+    back): every later thread and Ray process would inherit it, and on 2 cores spinning threads at
+    SCHED_FIFO 99 starve the rest (SVT-AV1 does this when run as root; tests/media.py)."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    yield
+    after = os.sched_getscheduler(0), os.sched_getparam(0)
+    if after != before:
+        os.sched_setscheduler(0, *before)
+        pytest.fail(f"the test left this process on scheduling policy {after[0]} (priority {after[1].sched_priority}), "
+                    f"not {before[0]}; put it back (tests/media.py encode_ramp shows how)")
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,20 @@ def packaged_clips() -> list[Path]:
 
 
 def encode_ramp(path: Path, codec: str = "libx264", frames: int = 80, fps: int = 4, size=(64, 48)) -> Path:
-    """A clip whose frame i is uniformly grey at level 3*i, so decoded frames can be checked by value."""
+    """A clip whose frame i is uniformly grey at level 3*i, so decoded frames can be checked by value.
+
+    SVT-AV1 (libsvtav1), run as root, switches the calling thread to SCHED_FIFO priority 99, and every
+    thread and process started from it afterwards inherits that: spinning OpenMP threads of vLLM then
+    starve everything else on 2 cores. The scheduling policy is put back when the encoding ends."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        return _encode_ramp(path, codec, frames, fps, size)
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
+def _encode_ramp(path: Path, codec: str, frames: int, fps: int, size) -> Path:
     container = av.open(str(path), "w")
     stream = container.add_stream(codec, rate=fps)
     stream.width, stream.height = size
