@@ -298,31 +298,26 @@ def _at(root, name: str):
 
 
 def _read_table(root, name: str, columns=None) -> pa.Table:
-    """A Parquet file of the store, from its folder or through the filesystem of its URI."""
-    if not storage.is_uri(root):
-        return pq.read_table(Path(root) / name, columns=columns)
-    fs, path = storage.filesystem(storage.join(root, name))
+    """A Parquet file of the store, through the filesystem of its folder or its URI."""
+    fs, path = storage.filesystem(str(_at(root, name)))
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
 def read_manifest(root: str | Path) -> dict:
     """The manifest of the store at ``root``: a folder, or a URI (``s3://bucket/store``, see
-    :mod:`longvideo_r1.platform.storage`) read through its filesystem."""
+    :mod:`longvideo_r1.storage`) read through its filesystem."""
     root = root if storage.is_uri(root) else Path(root)
     path = _at(root, "manifest.json")
     try:
-        text = storage.read_bytes(str(path)).decode() if storage.is_uri(root) else (
-            path.read_text() if path.is_file() else None)
+        data = storage.read_bytes(str(path)) if storage.is_uri(root) or path.is_file() else None
     except FileNotFoundError:
-        text = None
-    except UnicodeDecodeError:
-        text = "\0"
-    if text is None:
+        data = None
+    if data is None:
         raise InputError(f"caption store {root}: no manifest.json; build one with `lvr1 captions build` "
                          "or `lvr1 captions import`")
     try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(data.decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"caption store {root}: manifest.json is not valid JSON ({exc}); "
                          "restore it or rebuild the store") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
